@@ -1,0 +1,1 @@
+"""The ``resnet5m`` command line."""

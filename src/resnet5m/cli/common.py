@@ -1,0 +1,57 @@
+"""Argument helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from resnet5m.errors import UserError
+from resnet5m.models.budget import DEFAULT_BUDGET
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("custom architecture (override the preset/YAML)")
+    g.add_argument("--blocks", type=int_list, help="blocks per stage, e.g. 3,3,2,3")
+    g.add_argument("--channels", type=int_list, help="channels per stage, e.g. 64,128,128,256")
+    g.add_argument("--kernels", type=int_list, help="conv kernel per stage (F_i), e.g. 3,3,3,3")
+    g.add_argument("--skip-kernels", type=int_list, help="shortcut kernel per stage (K_i), e.g. 1,1,1,1")
+    g.add_argument("--strides", type=int_list, help="stride per stage, e.g. 1,2,2,2")
+    g.add_argument("--stem-channels", type=int, help="stem width (default: first stage's)")
+    g.add_argument("--pool", type=int, help="final average-pool kernel P (default: global)")
+    g.add_argument("--activation", choices=["relu", "gelu", "silu"])
+    g.add_argument("--se-ratio", type=int, help="squeeze-and-excitation reduction ratio")
+    g.add_argument("--dropout", type=float, help="dropout before the classifier")
+    g.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="trainable-parameter budget (default 5M)")
+    g.add_argument("--allow-over-budget", action="store_true", help="build models over the budget anyway")
+
+
+_MODEL_FLAGS = ("blocks", "channels", "kernels", "skip_kernels", "strides", "stem_channels", "pool",
+                "activation", "se_ratio", "dropout")
+
+
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The architecture flags the user actually gave, as model-config keys."""
+    out = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k, None) is not None}
+    n = len(out.get("blocks") or out.get("channels") or [])
+    for key in ("kernels", "skip_kernels", "strides"):  # one value means "every stage"
+        if key in out and len(out[key]) == 1 and n > 1:
+            out[key] = out[key] * n
+    return out
+
+
+def require_model_spec(spec: str | None, overrides: dict[str, Any]) -> str | dict[str, Any]:
+    if spec:
+        return spec
+    if "blocks" in overrides and "channels" in overrides:
+        return {}
+    raise UserError("give a preset name or a YAML file, or both --blocks and --channels")

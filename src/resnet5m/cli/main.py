@@ -1,0 +1,52 @@
+"""Entry point: ``resnet5m <command> ...``. Expected failures print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from resnet5m import __version__
+from resnet5m.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnet5m", description="Design, train, compare and ship residual networks under 5M "
+                                     "parameters for CIFAR-10.")
+    parser.add_argument("--version", action="version", version=f"resnet5m {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _command_modules():
+        module.add_parsers(sub)
+    return parser
+
+
+def _command_modules() -> list:
+    """Each subcommand module exposes ``add_parsers(subparsers)``; imported lazily to keep start-up fast."""
+    from resnet5m.cli import models_cmd
+
+    return [models_cmd]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from resnet5m.runtime.allocator import tune_glibc_malloc
+
+    tune_glibc_malloc()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"resnet5m: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("resnet5m: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `resnet5m presets | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

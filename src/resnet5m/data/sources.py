@@ -1,0 +1,141 @@
+"""Where CIFAR-10 comes from: an .npz, the official tarball, its extracted folder, or a download.
+
+Resolution order: explicit ``--data PATH`` > ``$RESNET5M_DATA`` > the user cache dir > download.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from resnet5m.data.cifar10 import Cifar10, from_arrays
+from resnet5m.data.download import EXTRACTED_NAME, TARBALL_NAME, fetch_cifar10
+from resnet5m.errors import UserError
+from resnet5m.io.safe_pickle import restricted_load
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+
+
+def cache_dir() -> Path:
+    """``$RESNET5M_CACHE``, else ``$XDG_CACHE_HOME/resnet5m``, else ``~/.cache/resnet5m``."""
+    if env := os.environ.get("RESNET5M_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "resnet5m"
+
+
+def load_npz(path: Path) -> Cifar10:
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            missing = [k for k in NPZ_KEYS if k not in d.files]
+            if missing:
+                raise UserError(f"{path}: missing key(s) {', '.join(missing)} "
+                                f"(an .npz must hold {', '.join(NPZ_KEYS)})")
+            arrays = {k: d[k] for k in NPZ_KEYS}
+    except UserError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise UserError(f"{path}: holds pickled objects, which are refused; store plain uint8 arrays") from None
+        raise UserError(f"{path}: truncated or corrupt .npz ({exc})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise UserError(f"{path}: truncated or corrupt .npz ({exc})") from None
+    return from_arrays(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], str(path))
+
+
+def _decode_batch(obj: object, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """One official batch dict -> (images NCHW uint8, labels)."""
+    if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
+        raise UserError(f"{where}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
+    data = np.asarray(obj[b"data"])
+    if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+        raise UserError(f"{where}: b'data' has shape {data.shape} dtype {data.dtype}, expected (N, 3072) uint8")
+    return data.reshape(-1, 3, 32, 32), np.asarray(obj[b"labels"])
+
+
+def _assemble(batches: dict[str, tuple[np.ndarray, np.ndarray]], source: str) -> Cifar10:
+    missing = [b for b in (*TRAIN_BATCHES, TEST_BATCH) if b not in batches]
+    if missing:
+        raise UserError(f"{source}: missing batch file(s) {', '.join(missing)}")
+    x_tr = np.concatenate([batches[b][0] for b in TRAIN_BATCHES])
+    y_tr = np.concatenate([batches[b][1] for b in TRAIN_BATCHES])
+    x_te, y_te = batches[TEST_BATCH]
+    return from_arrays(x_tr, y_tr, x_te, y_te, source, layout="NCHW")
+
+
+def load_batches_dir(folder: Path) -> Cifar10:
+    batches = {}
+    for name in (*TRAIN_BATCHES, TEST_BATCH):
+        f = folder / name
+        if not f.is_file():
+            raise UserError(f"{folder}: missing batch file {name} (is this a cifar-10-batches-py folder?)")
+        batches[name] = _decode_batch(restricted_load(str(f), name=str(f)), str(f))
+    return _assemble(batches, str(folder))
+
+
+def load_tarball(path: Path) -> Cifar10:
+    """Read the batches straight out of the tarball (no extraction needed)."""
+    batches = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar:
+                base = Path(m.name).name
+                if m.isfile() and base in (*TRAIN_BATCHES, TEST_BATCH):
+                    fh = tar.extractfile(m)
+                    if fh is None:
+                        continue
+                    raw = fh.read()
+                    if len(raw) != m.size:
+                        raise EOFError(f"member {m.name} is cut short")
+                    where = f"{path}:{m.name}"
+                    batches[base] = _decode_batch(restricted_load(io.BytesIO(raw), name=where), where)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise UserError(f"{path}: truncated or corrupt archive ({exc})") from None
+    return _assemble(batches, str(path))
+
+
+def load_path(path: str | os.PathLike[str]) -> Cifar10:
+    """Load CIFAR-10 from an explicit path of any supported kind."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"{p}: no such file or directory")
+    if p.is_dir():
+        if (p / EXTRACTED_NAME).is_dir():
+            return load_batches_dir(p / EXTRACTED_NAME)
+        if (p / "cifar10.npz").is_file():
+            return load_npz(p / "cifar10.npz")
+        if (p / TARBALL_NAME).is_file():
+            return load_tarball(p / TARBALL_NAME)
+        return load_batches_dir(p)
+    name = p.name.lower()
+    if name.endswith(".npz"):
+        return load_npz(p)
+    if name.endswith((".tar.gz", ".tgz", ".tar")):
+        return load_tarball(p)
+    raise UserError(f"{p}: unsupported data file; use a .npz, cifar-10-python.tar.gz or a cifar-10-batches-py folder")
+
+
+def load_cifar10(path: str | os.PathLike[str] | None = None, *, download: bool = True,
+                 progress: bool = True) -> Cifar10:
+    """Find and load CIFAR-10 following the documented resolution order."""
+    if path is not None:
+        return load_path(path)
+    if env := os.environ.get("RESNET5M_DATA"):
+        if not Path(env).expanduser().exists():
+            raise UserError(f"RESNET5M_DATA={env}: no such file or directory")
+        return load_path(env)
+    cache = cache_dir()
+    for candidate in (cache / "cifar10.npz", cache / EXTRACTED_NAME, cache / TARBALL_NAME):
+        if candidate.exists():
+            return load_path(candidate)
+    if not download:
+        raise UserError(f"CIFAR-10 not found (no --data, no RESNET5M_DATA, nothing in {cache}) and download is off")
+    return load_batches_dir(fetch_cifar10(cache, progress=progress))

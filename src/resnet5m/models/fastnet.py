@@ -1,0 +1,128 @@
+"""The ``fastnet`` family: a residual network built for time-to-accuracy (airbench lineage).
+
+Per group: conv3x3 -> maxpool2 -> BN -> act, then a residual unit whose skip is the identity
+(``x + BN(conv(act(BN(conv(x)))))`` for 3 convs per group, ``x + BN(conv(x))`` for 2).
+Tricks, each one switchable in the config:
+- a frozen 2x2 patch-whitening first layer initialised from the data's patch covariance,
+- identity (dirac) initialisation of the 3x3 convs,
+- BatchNorm with frozen scale (only the bias learns) and low running-stat momentum,
+- a scaled linear head on global max-pooled features.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from resnet5m.data.cifar10 import CIFAR10_MEAN, CIFAR10_STD, NUM_CLASSES
+from resnet5m.models.layers import Normalize, make_activation
+
+
+class FastNetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: Literal["fastnet"] = "fastnet"
+    widths: list[int] = Field([64, 256, 256], min_length=1, max_length=6)
+    convs_per_group: Literal[2, 3] = 2
+    residual: bool = True
+    whiten_kernel: int = Field(2, ge=1, le=4, description="patch size of the whitening layer (0 = plain conv)")
+    whiten: bool = True
+    activation: Literal["relu", "gelu", "silu"] = "gelu"
+    bn_momentum: float = Field(0.6, ge=0.0, lt=1.0, description="share of old running stats kept per step")
+    bn_frozen_scale: bool = True
+    dirac_init: bool = True
+    head_scale: float = Field(1 / 9, gt=0)
+    head_init_std: float | None = Field(None, gt=0, description="re-scale head weights to this std")
+    num_classes: int = Field(NUM_CLASSES, ge=2)
+    mean: tuple[float, float, float] = CIFAR10_MEAN
+    std: tuple[float, float, float] = CIFAR10_STD
+
+    @model_validator(mode="after")
+    def _check(self) -> FastNetConfig:
+        if any(w < 1 or w > 2048 for w in self.widths):
+            raise ValueError(f"widths must be 1..2048, got {self.widths}")
+        return self
+
+
+class FrozenScaleBN(nn.BatchNorm2d):
+    """BatchNorm whose scale stays 1 (not trained): only the bias learns."""
+
+    def __init__(self, channels: int, momentum: float, frozen_scale: bool) -> None:
+        super().__init__(channels, eps=1e-12, momentum=1 - momentum)
+        self.weight.requires_grad = not frozen_scale
+
+
+def _conv(cin: int, cout: int, dirac: bool) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    if dirac:  # identity init: the first min(cin, cout) filters pass their input channel through
+        with torch.no_grad():
+            w = conv.weight
+            nn.init.dirac_(w[: min(cin, cout)])
+    return conv
+
+
+class ConvGroup(nn.Module):
+    def __init__(self, cin: int, cout: int, cfg: FastNetConfig) -> None:
+        super().__init__()
+        bn = lambda c: FrozenScaleBN(c, cfg.bn_momentum, cfg.bn_frozen_scale)  # noqa: E731
+        self.conv1, self.norm1 = _conv(cin, cout, cfg.dirac_init), bn(cout)
+        self.conv2, self.norm2 = _conv(cout, cout, cfg.dirac_init), bn(cout)
+        self.conv3 = _conv(cout, cout, cfg.dirac_init) if cfg.convs_per_group == 3 else None
+        self.norm3 = bn(cout) if cfg.convs_per_group == 3 else None
+        self.act = make_activation(cfg.activation)
+        self.residual = cfg.residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.norm1(F.max_pool2d(self.conv1(x), 2)))
+        y = self.norm2(self.conv2(x))
+        if self.conv3 is not None:
+            y = self.norm3(self.conv3(self.act(y)))
+        return self.act(x + y if self.residual else y)
+
+
+class FastNet(nn.Module):
+    def __init__(self, cfg: FastNetConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.normalize = Normalize(cfg.mean, cfg.std)
+        k = cfg.whiten_kernel
+        width0 = 2 * 3 * k * k
+        self.whiten = nn.Conv2d(3, width0, k, padding=0, bias=True)
+        nn.init.zeros_(self.whiten.bias)
+        self.whiten.weight.requires_grad = not cfg.whiten
+        self.act = make_activation(cfg.activation)
+        groups, cin = [], width0
+        for w in cfg.widths:
+            groups.append(ConvGroup(cin, w, cfg))
+            cin = w
+        self.groups = nn.Sequential(*groups)
+        self.head = nn.Linear(cin, cfg.num_classes, bias=False)
+        if cfg.head_init_std is not None:
+            with torch.no_grad():
+                self.head.weight.mul_(cfg.head_init_std / self.head.weight.std())
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the whitening filters from the covariance of k x k patches of ``images`` (in [0, 1]):
+        each eigenvector scaled by 1/sqrt(eigenvalue), in +/- pairs (so the GELU keeps both signs)."""
+        if not self.config.whiten:
+            return
+        x = self.normalize(images.float())
+        c, (h, w) = x.shape[1], self.whiten.weight.shape[2:]
+        patches = x.unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c * h * w).double()
+        cov = patches.T @ patches / len(patches)
+        eigval, eigvec = torch.linalg.eigh(cov)
+        eigval, eigvec = eigval.flip(0), eigvec.T.flip(0)
+        filters = (eigvec / torch.sqrt(eigval + eps)[:, None]).reshape(-1, c, h, w)
+        self.whiten.weight.copy_(torch.cat((filters, -filters)).to(self.whiten.weight))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.groups(self.act(self.whiten(self.normalize(x))))
+        return F.adaptive_max_pool2d(x, 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)) * self.config.head_scale

@@ -1,0 +1,7 @@
+"""Process-level set-up: allocator tuning, device choice, seeding, thread counts."""
+
+from resnet5m.runtime.allocator import tune_glibc_malloc
+from resnet5m.runtime.device import resolve_device
+from resnet5m.runtime.seeding import seed_everything, set_deterministic
+
+__all__ = ["resolve_device", "seed_everything", "set_deterministic", "tune_glibc_malloc"]
