@@ -33,6 +33,13 @@ def cifar_path() -> Path:
     return path
 
 
+@pytest.fixture
+def data_env(cifar_path, monkeypatch) -> Path:
+    """Point RESNET5M_DATA at the real data, for code (and subprocesses) that resolve it themselves."""
+    monkeypatch.setenv("RESNET5M_DATA", str(cifar_path))
+    return cifar_path
+
+
 @pytest.fixture(scope="session")
 def cifar(cifar_path):
     from resnet5m.data import load_cifar10

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from resnet5m.data.augment import AugContext, Augment
+from resnet5m.data.augment import AugContext, Augment, random_crop
 from resnet5m.runtime.seeding import mix_seed
 
 
@@ -54,14 +54,20 @@ class BatchLoader:
         gen.manual_seed(mix_seed(self.seed, epoch, batch))
         return gen
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """Yield the batches of ``epoch`` starting at batch index ``start``."""
+    def epoch(self, epoch: int, start: int = 0, crop_size: int | None = None) -> Iterator[Batch]:
+        """Yield the batches of ``epoch`` starting at batch index ``start``.
+
+        ``crop_size`` (progressive resizing) takes a random crop of that size after augmentation.
+        """
         order = self.order(epoch)
         for b in range(start, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.images[idx].float().div_(255)
             if self.augment is not None:
                 x = self.augment(x, AugContext(self.batch_generator(epoch, b), epoch, idx, self.seed))
+            if crop_size is not None and crop_size < x.shape[-1]:
+                ctx = AugContext(self.batch_generator(epoch, b + (1 << 20)), epoch, idx, self.seed)
+                x = random_crop(x, ctx, padding=0, size=crop_size)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield Batch(x, self.labels[idx], idx)

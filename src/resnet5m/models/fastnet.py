@@ -37,6 +37,8 @@ class FastNetConfig(BaseModel):
     dirac_init: bool = True
     head_scale: float = Field(1 / 9, gt=0)
     head_init_std: float | None = Field(None, gt=0, description="re-scale head weights to this std")
+    whiten_bias_epochs: int | None = Field(3, ge=0, description="train the whitening bias this many epochs, "
+                                                                "then freeze it (null = always train)")
     num_classes: int = Field(NUM_CLASSES, ge=2)
     mean: tuple[float, float, float] = CIFAR10_MEAN
     std: tuple[float, float, float] = CIFAR10_STD
@@ -119,6 +121,11 @@ class FastNet(nn.Module):
         eigval, eigvec = eigval.flip(0), eigvec.T.flip(0)
         filters = (eigvec / torch.sqrt(eigval + eps)[:, None]).reshape(-1, c, h, w)
         self.whiten.weight.copy_(torch.cat((filters, -filters)).to(self.whiten.weight))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Freeze the whitening layer's bias after ``whiten_bias_epochs`` epochs (airbench)."""
+        n = self.config.whiten_bias_epochs
+        self.whiten.bias.requires_grad = n is None or epoch < n
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.act(self.whiten(self.normalize(x))))

@@ -1,0 +1,123 @@
+"""``resnet5m evaluate``, ``resnet5m predict`` and ``resnet5m export``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from resnet5m.data.cifar10 import CLASSES
+from resnet5m.data.sources import load_cifar10
+from resnet5m.errors import UserError
+from resnet5m.evaluation.evaluate import evaluate_model, format_report, write_confusion_csv
+from resnet5m.evaluation.export import FORMATS, export_model
+from resnet5m.evaluation.inference import TTA_MODES, predict_logits
+from resnet5m.evaluation.inputs import load_inputs
+from resnet5m.io.atomic import atomic_write_text
+from resnet5m.models.weights import load_trained_model
+from resnet5m.runtime.device import resolve_device
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy, confusion matrix (+ TTA gains)")
+    p.add_argument("model", metavar="RUN_OR_CHECKPOINT", help="run directory or .safetensors weights")
+    p.add_argument("--data", help="labeled set in a supported format (default: CIFAR-10)")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which split of --data (default test)")
+    p.add_argument("--tta", choices=[*TTA_MODES, "all"], default="all",
+                   help="test-time augmentation to report besides none (default: all)")
+    p.add_argument("--out", help="output folder (default: RUN/evaluation or next to the weights)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser("predict", help="predict labels for an unlabeled test set (CSV: ID,Labels)")
+    p.add_argument("model", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("input", metavar="INPUT", help=".pkl test set, .npz/.npy, image folder, or one image")
+    p.add_argument("-o", "--output", default="predictions.csv", help="CSV to write (default predictions.csv)")
+    p.add_argument("--tta", choices=TTA_MODES, default="flip_translate")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.set_defaults(func=run_predict)
+
+    p = sub.add_parser("export", help="export to ONNX or TorchScript (normalisation baked in)")
+    p.add_argument("model", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("-o", "--output", help="output file (default: RUN/model.onnx or model.pt)")
+    p.add_argument("--data", help="CIFAR-10 for the parity check batch (default: the usual resolution)")
+    p.set_defaults(func=run_export)
+
+
+def _default_out(model_arg: str, name: str) -> Path:
+    p = Path(model_arg)
+    return (p if p.is_dir() else p.parent) / name
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    model, info = load_trained_model(args.model, device)
+    data = load_cifar10(args.data)
+    images, labels = (data.test_images, data.test_labels) if args.split == "test" else \
+        (data.train_images, data.train_labels)
+    modes = list(TTA_MODES) if args.tta == "all" else [args.tta]
+    result = evaluate_model(model, images, labels, tta_modes=modes, batch_size=args.batch_size, device=device)
+    result["reported_mode"] = modes[-1] if args.tta != "all" else "flip_translate"
+    result.update(weights=info["weights_path"], data=data.source, split=args.split)
+    out = Path(args.out) if args.out else _default_out(args.model, "evaluation")
+    out.mkdir(parents=True, exist_ok=True)
+    best = result["modes"][result["reported_mode"]]
+    atomic_write_text(out / "evaluation.json", json.dumps(result, indent=2) + "\n")
+    write_confusion_csv(out / "confusion.csv", best["confusion"])
+    from resnet5m.reporting.plots import confusion_heatmap
+
+    confusion_heatmap(best["confusion"], CLASSES, out / "confusion.png",
+                      title=f"{Path(info['weights_path']).parent.name}: {args.split} (tta {result['reported_mode']})")
+    print(f"{info['weights_path']} on {data.source} [{args.split}, {len(labels)} images]")
+    print(format_report(result))
+    print(f"\nwrote {out}/evaluation.json, confusion.csv, confusion.png")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    inputs = load_inputs(args.input)  # validate the input before loading the model
+    model, info = load_trained_model(args.model, device)
+    logits = predict_logits(model, inputs.images, batch_size=args.batch_size, tta=args.tta, device=device)
+    probs = torch.softmax(logits, 1)
+    if Path(args.input).is_file() and Path(args.input).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp",
+                                                                           ".gif", ".webp"):
+        top = probs[0].topk(3)
+        print(f"{args.input}:")
+        for p, c in zip(top.values.tolist(), top.indices.tolist()):
+            print(f"  {CLASSES[c]:<11} {p:.3f}")
+        return 0
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["ID", "Labels"])
+    for i, label in zip(inputs.ids, probs.argmax(1).tolist()):
+        w.writerow([i, label])
+    atomic_write_text(args.output, buf.getvalue())
+    counts = torch.bincount(probs.argmax(1), minlength=len(CLASSES)).tolist()
+    print(f"wrote {args.output}: {len(inputs.ids)} predictions (tta {args.tta}); per class {counts}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    model, info = load_trained_model(args.model, "cpu")
+    out = Path(args.output) if args.output else _default_out(args.model, "model.onnx" if args.format == "onnx"
+                                                                else "model.pt")
+    data = load_cifar10(args.data)
+    batch = data.test_images[:256].float() / 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        diff = export_model(model, out, args.format, batch)
+    print(f"wrote {out} ({args.format}); input: float32 NCHW images in [0,1] (uint8/255), normalisation "
+          f"included; output: logits (N, 10)")
+    print(f"parity on {len(batch)} real test images: max |logit difference| = {diff:.2e}")
+    if diff >= 1e-4:
+        raise UserError(f"exported model differs from PyTorch by {diff:.2e} (>= 1e-4); not trusted")
+    return 0

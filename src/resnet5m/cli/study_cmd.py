@@ -1,0 +1,47 @@
+"""``resnet5m study`` and ``resnet5m report``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from resnet5m.cli.common import int_list
+from resnet5m.reporting.report import build_report
+from resnet5m.training.engine import TrainingInterrupted
+from resnet5m.training.study import run_study
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="run every variant of a study (resumable), then write its report")
+    p.add_argument("study", metavar="STUDY", help="study YAML, or a name in configs/studies (e.g. studies/bhat2023)")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--epochs", type=float, help="shorten every variant to this many epochs (quick version)")
+    p.add_argument("--train-subset", type=int, help="train every variant on this many images (quick version)")
+    p.add_argument("--seeds", type=int_list, help="override the study's seeds, e.g. 0,1,2")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_study_cmd)
+
+    p = sub.add_parser("report", help="tables, curves, confusion matrix and report.html for runs or a study")
+    p.add_argument("paths", nargs="+", metavar="RUN_OR_STUDY")
+    p.add_argument("-o", "--out", help="output folder (default: <first path>/report)")
+    p.set_defaults(func=run_report_cmd)
+
+
+def run_study_cmd(args: argparse.Namespace) -> int:
+    try:
+        root = run_study(args.study, args.runs_dir, epochs=args.epochs, train_subset=args.train_subset,
+                         seeds=args.seeds, overrides=args.overrides, progress=not args.no_progress)
+    except TrainingInterrupted as exc:
+        print(f"resnet5m: {exc} (or re-run the same study command)")
+        return 130
+    out = build_report([root], root / "report")
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def run_report_cmd(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
+    build_report(args.paths, out)
+    print(f"wrote {out}/results.md, results.csv, curves/, curves_overlay.png, confusion_best.png, report.html")
+    return 0

@@ -1,0 +1,143 @@
+"""``resnet5m train``: a recipe (default: the fast one) + YAML + flags + --set overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from resnet5m.cli.common import add_model_arguments, int_list, model_overrides
+from resnet5m.data.sources import load_cifar10
+from resnet5m.errors import UserError
+from resnet5m.models.budget import check_budget
+from resnet5m.models.registry import build_model, resolve_model_config
+from resnet5m.training.config import RunConfig, build_config, config_to_yaml, load_config_file, validate_config
+from resnet5m.training.engine import TrainingInterrupted, train_run
+from resnet5m.training.recipes import DEFAULT_RECIPE, list_recipes, resolve_recipe
+from resnet5m.training.rundir import new_run_dir, write_json
+from resnet5m.training.seeds import train_seeds
+
+# flag -> dotted config key
+_FLAG_KEYS = {
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "label_smoothing": "train.label_smoothing",
+    "lr": "optimizer.lr", "optimizer": "optimizer.name", "weight_decay": "optimizer.weight_decay",
+    "momentum": "optimizer.momentum", "schedule": "schedule.name", "warmup_epochs": "schedule.warmup_epochs",
+    "seed": "seed", "val_size": "data.val_size", "train_subset": "data.train_subset", "data": "data.path",
+    "device": "device", "precision": "precision", "tta": "eval.tta", "name": "name", "threads": "threads",
+    "budget": "budget",
+}
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model (default: the fast recipe)",
+                       description="Train a run. With no arguments, runs the fast recipe (configs/fast.yaml).")
+    p.add_argument("--config", "-c", help=f"recipe name or YAML file (default: {DEFAULT_RECIPE}); "
+                                          f"recipes: {', '.join(list_recipes())}")
+    p.add_argument("--model", "-m", help="model preset or model YAML (overrides the recipe's model)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set optimizer.lr=0.01 (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+    p.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
+    p.add_argument("--seeds", type=int_list, help="repeat over seeds, e.g. 0,1,2, and report mean ± std")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar / periodic lines")
+    g = p.add_argument_group("common settings (shortcuts for --set)")
+    g.add_argument("--name", help="run directory name (default: a timestamp)")
+    g.add_argument("--epochs", type=float)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "adadelta", "adagrad", "rmsprop", "muon"])
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--schedule", choices=["constant", "step", "multistep", "cosine", "cosine_restarts", "plateau",
+                                          "onecycle", "linear"])
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--val-size", type=int, help="validation images held out of training (0: train on all 50k)")
+    g.add_argument("--train-subset", type=int, help="train on a stratified subset of this many images")
+    g.add_argument("--data", help="CIFAR-10 path (.npz, tarball or extracted folder)")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    g.add_argument("--tta", choices=["none", "flip", "flip_translate"], help="test-time augmentation at the end")
+    g.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    g.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    add_model_arguments(p)
+    p.set_defaults(func=run_train)
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    extra: dict[str, Any] = {}
+    for flag, key in _FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None and not (flag == "budget" and value == RunConfig.model_fields["budget"].default):
+            _set(extra, key, value)
+    for flag in ("deterministic", "compile"):
+        if getattr(args, flag):
+            extra[flag] = True
+    if args.allow_over_budget:
+        extra["allow_over_budget"] = True
+    config_path = resolve_recipe(args.config or DEFAULT_RECIPE)
+    overrides = model_overrides(args)
+    if args.model or overrides:
+        base = args.model or load_config_file(config_path).get("model") or DEFAULT_RECIPE
+        extra["model"] = resolve_model_config(base, overrides).model_dump(mode="json")
+    return build_config(config_path, args.overrides, extra)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    progress = not args.no_progress
+    if args.resume:
+        return _resume(Path(args.resume), args, progress)
+    cfg = config_from_args(args)
+    check_budget(build_model(cfg.model), cfg.budget, cfg.allow_over_budget, name=f"model ({cfg.model.family})")
+    data = load_cifar10(cfg.data.path, download=cfg.data.download)
+    run_dir = new_run_dir(args.runs_dir, cfg.name)
+    try:
+        if args.seeds:
+            (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+            write_json(run_dir / "seeds.json", {"seeds": args.seeds})
+            train_seeds(cfg, data, run_dir, args.seeds, progress=progress)
+        else:
+            train_run(cfg, data, run_dir, progress=progress)
+    except TrainingInterrupted as exc:
+        print(f"resnet5m: {exc}")
+        return 130
+    return 0
+
+
+def _resume(run_dir: Path, args: argparse.Namespace, progress: bool) -> int:
+    runtime = ("threads", "device")  # may differ between the original process and the resumed one
+    given = [f"--{f.replace('_', '-')}" for f in (*_FLAG_KEYS, "config", "model")
+             if f not in runtime and getattr(args, f, None) is not None
+             and not (f == "budget" and args.budget == RunConfig.model_fields["budget"].default)]
+    given += (["--set"] if args.overrides else []) + (["--seeds"] if args.seeds else [])
+    if given:
+        raise UserError(f"--resume continues a run with its saved config; drop {', '.join(given)}")
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+    cfg = validate_config(load_config_file(cfg_file), where=str(cfg_file))
+    cfg = cfg.model_copy(update={k: getattr(args, k) for k in runtime if getattr(args, k) is not None})
+    data = load_cifar10(cfg.data.path, download=cfg.data.download)
+    seeds_file = run_dir / "seeds.json"
+    try:
+        if seeds_file.is_file():
+            train_seeds(cfg, data, run_dir, json.loads(seeds_file.read_text())["seeds"], progress=progress)
+        elif (run_dir / "results.json").exists():
+            raise UserError(f"{run_dir}: this run already finished (results.json exists)")
+        else:
+            train_run(cfg, data, run_dir, resume=True, progress=progress)
+    except TrainingInterrupted as exc:
+        print(f"resnet5m: {exc}")
+        return 130
+    return 0

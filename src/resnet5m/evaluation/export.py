@@ -1,0 +1,72 @@
+"""Export a trained model to ONNX or TorchScript, with a parity check against PyTorch.
+
+Exported models take float32 images in [0, 1] (uint8 / 255), NCHW, 32x32; the normalisation is the
+model's first layer, so it is baked in. The output is the raw logits (N, 10).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from resnet5m.errors import UserError
+from resnet5m.io.atomic import atomic_path
+
+FORMATS = ("onnx", "torchscript")
+
+
+def export_onnx(model: nn.Module, path: Path, opset: int = 17) -> None:
+    example = torch.rand(2, 3, 32, 32)
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise UserError("ONNX export needs the export extra: pip install 'resnet5m[export]'") from None
+    with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                          dynamo=False)
+
+
+def export_torchscript(model: nn.Module, path: Path) -> None:
+    with torch.no_grad():
+        scripted = torch.jit.trace(model, torch.rand(2, 3, 32, 32))
+    with atomic_path(path) as tmp:
+        scripted.save(str(tmp))
+
+
+def run_exported(path: Path, fmt: str, x: torch.Tensor) -> np.ndarray:
+    if fmt == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UserError("the ONNX parity check needs onnxruntime: pip install 'resnet5m[export]'") from None
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"images": x.numpy()})[0]
+    loaded = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return loaded(x).numpy()
+
+
+def export_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, check_images: torch.Tensor) -> float:
+    """Write the export and return the max |logit difference| vs PyTorch on ``check_images`` (float [0,1])."""
+    if fmt not in FORMATS:
+        raise UserError(f"format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval().float()
+    path = Path(path)
+    if fmt == "onnx":
+        export_onnx(model, path)
+    else:
+        export_torchscript(model, path)
+    x = check_images.float().contiguous()
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = run_exported(path, fmt, x)
+    return float(np.abs(got - ref).max())

@@ -1,0 +1,1 @@
+"""Reporting: aggregation over seeds, tables, plots and the HTML report."""

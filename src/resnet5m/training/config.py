@@ -1,0 +1,260 @@
+"""The run configuration: one validated object that fully describes a training run.
+
+Presets are YAML files in ``configs/``; mechanics live in the modules next to this one. Unknown
+keys and out-of-range values are rejected before any work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from resnet5m.data.augment import AugmentConfig
+from resnet5m.errors import UserError
+from resnet5m.models.budget import DEFAULT_BUDGET
+from resnet5m.models.fastnet import FastNetConfig
+from resnet5m.models.registry import PRESETS, load_model_yaml, parse_model_config
+from resnet5m.models.resnet import ResNetConfig
+from resnet5m.util.validation import format_validation_error
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    path: str | None = Field(None, description="CIFAR-10 location; default: $RESNET5M_DATA, cache, download")
+    val_size: int = Field(5000, ge=0, le=49000, description="held-out validation images (0 = train on all)")
+    split_seed: int = Field(0, ge=0)
+    train_subset: int | None = Field(None, ge=10, description="use only this many training images (quick runs)")
+    download: bool = True
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adam", "adamw", "adadelta", "adagrad", "rmsprop", "muon"] = "sgd"
+    lr: float = Field(0.1, gt=0, le=100)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    rho: float = Field(0.9, gt=0, lt=1, description="Adadelta running-average coefficient")
+    alpha: float = Field(0.99, gt=0, lt=1, description="RMSprop smoothing constant")
+    no_decay_bn_bias: bool = Field(False, description="no weight decay on BatchNorm and bias parameters")
+    bias_lr_scale: float = Field(1.0, gt=0, le=1000, description="lr multiplier for BatchNorm/bias parameters")
+    decoupled: bool = Field(False, description="SGD only: lr and weight_decay given per 1024 examples and "
+                                               "independent of momentum and batch size (airbench form)")
+    muon_lr: float = Field(0.24, gt=0, description="muon: lr of the orthogonalised conv-filter updates")
+    muon_momentum: float = Field(0.6, ge=0, lt=1)
+    head_lr_scale: float = Field(1.0, gt=0, le=1000, description="lr multiplier for the classifier weights")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must be in [0, 1), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerConfig:
+        if self.nesterov and self.name == "sgd" and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        if self.decoupled and self.name not in ("sgd", "muon"):
+            raise ValueError(f"decoupled applies to sgd/muon only, not {self.name}")
+        return self
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["constant", "step", "multistep", "cosine", "cosine_restarts", "plateau", "onecycle",
+                  "linear"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_start: float = Field(0.0, ge=0, le=1, description="lr factor at the first warm-up step")
+    step_size: float = Field(30, gt=0, description="step: epochs between decays")
+    milestones: list[float] = Field(default_factory=list, description="multistep: epochs of each decay")
+    gamma: float = Field(0.1, gt=0, le=1)
+    min_factor: float = Field(0.0, ge=0, le=1, description="cosine floor, as a fraction of the base lr")
+    restart_epochs: float = Field(10, gt=0, description="cosine_restarts: length of the first cycle (T_0)")
+    restart_mult: float = Field(1.0, ge=1, description="cosine_restarts: cycle length multiplier (T_mult)")
+    patience: int = Field(5, ge=0, description="plateau: epochs without val improvement before decay")
+    factor: float = Field(0.1, gt=0, lt=1, description="plateau: decay factor")
+    threshold: float = Field(1e-4, ge=0, description="plateau: minimum val-accuracy gain that counts")
+    cooldown: int = Field(0, ge=0)
+    min_lr_factor: float = Field(0.0, ge=0, le=1, description="plateau: lowest factor reached")
+    peak_fraction: float = Field(0.3, ge=0, le=1, description="onecycle/linear: where the peak sits")
+    start_factor: float = Field(0.04, ge=0, le=1, description="onecycle/linear: factor at step 0")
+    final_factor: float = Field(0.0, ge=0, le=1, description="onecycle/linear: factor at the last step")
+
+    @field_validator("milestones")
+    @classmethod
+    def _sorted(cls, v: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(v, v[1:])) or any(m <= 0 for m in v):
+            raise ValueError(f"milestones must be positive and increasing, got {v}")
+        return v
+
+
+class MixConfig(_Strict):
+    alpha: float = Field(1.0, gt=0, le=10)
+    p: float = Field(1.0, ge=0, le=1, description="share of batches that are mixed")
+
+
+class EMAConfig(_Strict):
+    decay: float = Field(0.999, gt=0, lt=1)
+    every_n_steps: int = Field(1, ge=1)
+    start_epoch: float = Field(0.0, ge=0)
+    decay_power: float = Field(0.0, ge=0, description="decay grows as decay**every * progress**power "
+                                                      "(airbench lookahead warm-up); 0 = constant")
+    lookahead: bool = Field(False, description="copy the average back into the model (Lookahead-style)")
+
+
+class DistillConfig(_Strict):
+    teacher: str = Field(..., description="a finished run directory or weights file of the teacher")
+    temperature: float = Field(4.0, gt=0, le=100)
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the distillation term")
+
+
+class ResolutionStage(_Strict):
+    until_epoch: float = Field(..., gt=0, description="train at this crop size until this epoch")
+    size: int = Field(..., ge=8, le=32)
+
+
+class TrainConfig(_Strict):
+    epochs: float = Field(30, gt=0, le=2000, description="may be fractional: stops mid-epoch")
+    batch_size: int = Field(128, ge=1, le=16384)
+    eval_batch_size: int = Field(1000, ge=1, le=16384)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
+    mixup: MixConfig | None = None
+    cutmix: MixConfig | None = None
+    ema: EMAConfig | None = None
+    distill: DistillConfig | None = None
+    resolution_schedule: list[ResolutionStage] = Field(
+        default_factory=list, description="progressive resizing: smaller random crops early, full size after")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after N epochs without val gain")
+    checkpoint_every: int = Field(1, ge=1, description="write last/resume checkpoints every N epochs")
+
+
+class EvalConfig(_Strict):
+    tta: Literal["none", "flip", "flip_translate"] = "none"
+
+
+class RunConfig(_Strict):
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.=+-]+$", max_length=120)
+    description: str = ""
+    claimed: str = Field("", description="what the original report claims, for comparison")
+    shortened: str | None = Field(None, description="set when a quick run overrode the recipe's length/data")
+    seed: int = Field(0, ge=0)
+    model: ResNetConfig | FastNetConfig = Field(default_factory=lambda: PRESETS["reddy2024"].config)
+    budget: int = Field(DEFAULT_BUDGET, ge=1)
+    allow_over_budget: bool = False
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    augment: AugmentConfig = AugmentConfig()
+    eval: EvalConfig = EvalConfig()
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+    threads: int | None = Field(None, ge=1, le=256)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v in PRESETS:
+                return PRESETS[v].config
+            if v.endswith((".yaml", ".yml")):
+                return parse_model_config(load_model_yaml(v), where=v)
+            raise ValueError(f"unknown model preset {v!r} (presets: {', '.join(PRESETS)})")
+        if isinstance(v, dict):
+            if "preset" in v:  # {preset: name, ...overrides}
+                base = PRESETS.get(v["preset"])
+                if base is None:
+                    raise ValueError(f"unknown model preset {v['preset']!r} (presets: {', '.join(PRESETS)})")
+                rest = {k: val for k, val in v.items() if k != "preset"}
+                return {**base.config.model_dump(), **rest}
+            return {"family": "resnet", **v}
+        return v
+
+
+# --- loading, overrides, saving ---------------------------------------------------------------------
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` assignments (values parsed as YAML) to a nested dict."""
+    out = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    for item in assignments:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. optimizer.lr=0.01")
+        key, _, raw = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise UserError(f"--set {item!r}: empty key")
+        node = out
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None or isinstance(nxt, str):
+                nxt = {"preset": nxt} if (p == "model" and isinstance(nxt, str)) else {}
+                node[p] = nxt
+            if not isinstance(nxt, dict):
+                raise UserError(f"--set {item!r}: {p} is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(raw)
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: invalid YAML ({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    if "base" in data:  # `base: other.yaml` inherits, relative to this file
+        base_path = (p.parent / data.pop("base")).resolve()
+        data = deep_merge(load_config_file(base_path), data)
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def validate_config(data: dict[str, Any], where: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, where)) from None
+
+
+def build_config(config_path: str | None = None, overrides: list[str] | None = None,
+                 extra: dict[str, Any] | None = None) -> RunConfig:
+    """YAML file (optional) + nested ``extra`` dict (from CLI flags) + ``--set`` assignments -> RunConfig."""
+    data = load_config_file(config_path) if config_path else {}
+    if extra:
+        data = deep_merge(data, extra)
+        if "model" in extra:  # a model given on the command line replaces the recipe's, never merges into it
+            data["model"] = extra["model"]
+    data = apply_overrides(data, overrides or [])
+    return validate_config(data, where="config")
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,118 @@
+"""Studies: a base recipe plus named variants, each trained over one or more seeds.
+
+    name: bhat2023
+    base: bhat2023-sgd            # a recipe name or a YAML path (relative to this file)
+    seeds: [0]
+    variants:
+      sgd-lr0.005: {}
+      adam-lr0.005: {optimizer: {name: adam}}
+
+Finished variant/seed runs are skipped and interrupted ones resumed, so re-running a study
+continues it. Quick versions shorten every variant (``--epochs``, ``--train-subset``), and the
+shortening is recorded in each run's config so reports can say so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from resnet5m.data.sources import load_cifar10
+from resnet5m.errors import UserError
+from resnet5m.training.config import RunConfig, apply_overrides, deep_merge, load_config_file, validate_config
+from resnet5m.training.engine import Printer
+from resnet5m.training.recipes import resolve_recipe
+from resnet5m.training.rundir import write_json
+from resnet5m.training.seeds import train_seeds
+from resnet5m.util.validation import format_validation_error
+
+
+class StudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.=+-]+$")
+    description: str = ""
+    base: str
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    variants: dict[str, dict[str, Any]] = Field(..., min_length=1)
+
+
+def load_study(path: str | Path) -> tuple[StudyConfig, Path]:
+    p = Path(resolve_recipe(str(path)))
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+        study = StudyConfig.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{p}: invalid YAML ({' '.join(str(exc).split())[:160]})") from None
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, str(p))) from None
+    for name in study.variants:
+        if not name.replace("-", "").replace("_", "").replace(".", "").replace("=", "").isalnum():
+            raise UserError(f"{p}: variant name {name!r} must use letters, digits, '-', '_', '.', '='")
+    return study, p
+
+
+def _base_path(study: StudyConfig, study_file: Path) -> str:
+    candidate = (study_file.parent / study.base)
+    if candidate.suffix in (".yaml", ".yml") and candidate.exists():
+        return str(candidate)
+    return resolve_recipe(study.base)
+
+
+def variant_configs(study: StudyConfig, study_file: Path, overrides: list[str],
+                    shortened: str | None) -> dict[str, RunConfig]:
+    base = load_config_file(_base_path(study, study_file))
+    out = {}
+    for name, changes in study.variants.items():
+        if isinstance(base.get("model"), str) and isinstance(changes.get("model"), dict):
+            changes = {**changes, "model": {"preset": base["model"], **changes["model"]}}  # tweak the preset
+        data = deep_merge(base, changes)
+        data = apply_overrides(data, overrides)
+        data["name"] = f"{study.name}-{name}"
+        if shortened:
+            data["shortened"] = shortened
+        out[name] = validate_config(data, where=f"{study_file} variant {name}")
+    return out
+
+
+def shortening_overrides(epochs: float | None, train_subset: int | None) -> tuple[list[str], str | None]:
+    sets, notes = [], []
+    if epochs is not None:
+        sets.append(f"train.epochs={epochs}")
+        notes.append(f"epochs={epochs:g}")
+    if train_subset is not None:
+        sets.append(f"data.train_subset={train_subset}")
+        notes.append(f"train_subset={train_subset}")
+    return sets, ("shortened: " + ", ".join(notes)) if notes else None
+
+
+def run_study(study_path: str, runs_dir: str | Path, *, epochs: float | None = None,
+              train_subset: int | None = None, seeds: list[int] | None = None, overrides: list[str] | None = None,
+              out: Printer = print, progress: bool = True) -> Path:
+    study, study_file = load_study(study_path)
+    sets, note = shortening_overrides(epochs, train_subset)
+    configs = variant_configs(study, study_file, [*sets, *(overrides or [])], note)
+    seeds = seeds or study.seeds
+    root = Path(runs_dir) / study.name
+    root.mkdir(parents=True, exist_ok=True)
+    spec = {"name": study.name, "description": study.description, "variants": list(configs), "seeds": seeds,
+            "study_file": str(study_file), "shortened": note, "overrides": overrides or []}
+    previous = root / "study.json"
+    if previous.exists():
+        old = json.loads(previous.read_text())
+        if (old.get("shortened"), old.get("overrides")) != (note, overrides or []):
+            raise UserError(f"{root} was started with different settings ({old.get('shortened') or 'full length'}, "
+                            f"overrides {old.get('overrides')}); use another --runs-dir to keep both")
+    write_json(previous, spec)
+    data = load_cifar10(next(iter(configs.values())).data.path)
+    for i, (name, cfg) in enumerate(configs.items(), 1):
+        out(f"== study {study.name}: variant {i}/{len(configs)} '{name}' ==")
+        (root / name).mkdir(exist_ok=True)
+        (root / name / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        write_json(root / name / "seeds.json", {"seeds": seeds})
+        train_seeds(cfg, data, root / name, seeds, out=out, progress=progress)
+    return root

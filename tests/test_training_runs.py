@@ -1,0 +1,243 @@
+"""End-to-end training on small slices of the real CIFAR-10: learning, resume, signals, NaN, honesty."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from resnet5m.cli.main import main
+from resnet5m.data.cifar10 import Cifar10
+from resnet5m.training import NonFiniteLoss, Trainer, build_config, train_run
+from resnet5m.training.rundir import read_metrics
+
+TINY = {
+    "model": {"blocks": [1, 1], "channels": [16, 32]},
+    "data": {"val_size": 500, "train_subset": 2000},
+    "train": {"epochs": 3, "batch_size": 100, "eval_batch_size": 2000},
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+    "schedule": {"name": "cosine"},
+    "augment": {"crop": {"padding": 4}, "flip": {}},
+}
+CURVE_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+
+
+def write_cfg(path: Path, data: dict, **updates) -> Path:
+    cfg = json.loads(json.dumps(data))
+    for dotted, value in updates.items():
+        node = cfg
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def cli(*args: str, env_extra=None, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "resnet5m.cli.main", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def curve(run: Path) -> list[tuple]:
+    return [tuple(round(r[k], 6) if isinstance(r[k], float) else r[k] for k in CURVE_KEYS) for r in read_metrics(run)]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_file(str(a)), load_file(str(b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_short_real_run_learns_and_writes_everything(cifar, tmp_path, capsys):
+    cfg = build_config(str(write_cfg(tmp_path / "c.yaml", TINY, model__channels=[32, 64],
+                                     train__epochs=2)))
+    run = tmp_path / "run"
+    run.mkdir()
+    r = train_run(cfg, cifar, run, progress=False)
+    assert r["test_acc"] > 0.30, r  # chance is 0.10
+    assert r["params"] == sum(p.numel() for p in __import__("resnet5m").models.build_model(cfg.model).parameters())
+    for f in ("config.yaml", "metrics.csv", "metrics.jsonl", "best.safetensors", "last.safetensors",
+              "resume.safetensors", "results.json"):
+        assert (run / f).is_file(), f
+    rows = read_metrics(run)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert all(row["images_per_s"] > 0 and 0 <= row["data_share"] <= 1 for row in rows)
+    assert r["selected_epoch"] == max(rows, key=lambda x: x["val_acc"])["epoch"]
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert header == "epoch,lr,train_loss,train_acc,val_loss,val_acc,time_s,images_per_s,data_share"
+    out = capsys.readouterr().out
+    assert "test accuracy:" in out and f"parameters: {r['params']:,}" in out
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["channels"] == [32, 64] and saved["optimizer"]["lr"] == 0.05
+
+
+def test_test_set_is_not_used_for_selection(cifar, tmp_path):
+    """Poison the test labels: everything up to the final evaluation must be identical."""
+    cfg = build_config(str(write_cfg(tmp_path / "c.yaml", TINY, train__epochs=3)))
+    g = torch.Generator().manual_seed(0)
+    poisoned = Cifar10(cifar.train_images, cifar.train_labels, cifar.test_images,
+                       torch.randint(0, 10, (len(cifar.test_labels),), generator=g), "poisoned")
+    runs = []
+    for name, data in (("clean", cifar), ("poisoned", poisoned)):
+        run = tmp_path / name
+        run.mkdir()
+        runs.append((run, train_run(cfg, data, run, progress=False)))
+    (a, ra), (b, rb) = runs
+    assert curve(a) == curve(b)
+    assert ra["selected_epoch"] == rb["selected_epoch"] and ra["best_val_acc"] == rb["best_val_acc"]
+    assert same_weights(a / "best.safetensors", b / "best.safetensors")
+    assert ra["test_acc"] > 0.25 and rb["test_acc"] < 0.15  # the poison shows only at the very end
+
+
+def test_val_size_zero_selects_last_epoch(cifar, tmp_path):
+    cfg = build_config(str(write_cfg(tmp_path / "c.yaml", TINY, data__val_size=0, train__epochs=2)))
+    run = tmp_path / "run"
+    run.mkdir()
+    r = train_run(cfg, cifar, run, progress=False)
+    assert r["best_val_acc"] is None and r["selected_epoch"] == 2 and "last epoch" in r["selection"]
+    assert same_weights(run / "best.safetensors", run / "last.safetensors")
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data_env):
+    cfg = write_cfg(tmp_path / "c.yaml", TINY, train__epochs=4, model__dropout=0.1,
+                    train__ema={"decay": 0.9}, augment__color_jitter={"brightness": 0.2})
+    common = ["train", "--config", str(cfg), "--deterministic", "--runs-dir", str(tmp_path), "--no-progress",
+              "--threads", "2"]
+    ref = cli(*common, "--name", "ref")
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()
+    victim = cli(*common, "--name", "killed")
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    time.sleep(0.3)  # land somewhere inside the next epoch
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert not (tmp_path / "killed" / "results.json").exists(), "the run finished before it could be killed"
+    resumed = cli("train", "--resume", str(tmp_path / "killed"), "--no-progress", "--threads", "2")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "resuming" in out
+    assert curve(tmp_path / "ref") == curve(tmp_path / "killed")
+    for f in ("best.safetensors", "last.safetensors"):
+        assert same_weights(tmp_path / "ref" / f, tmp_path / "killed" / f), f
+    ra = json.loads((tmp_path / "ref" / "results.json").read_text())
+    rb = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert ra["test_acc"] == rb["test_acc"] and ra["test_loss"] == rb["test_loss"]
+
+
+def test_ctrl_c_checkpoints_mid_epoch_and_resume_is_exact(tmp_path, data_env):
+    cfg = write_cfg(tmp_path / "c.yaml", TINY, train__epochs=3, data__train_subset=4000, train__batch_size=50)
+    common = ["train", "--config", str(cfg), "--deterministic", "--runs-dir", str(tmp_path), "--no-progress",
+              "--threads", "2"]
+    ref = cli(*common, "--name", "ref")
+    assert ref.wait(timeout=600) == 0
+    victim = cli(*common, "--name", "int")
+    metrics = tmp_path / "int" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not metrics.exists():
+        time.sleep(0.05)
+    time.sleep(0.4)
+    victim.send_signal(signal.SIGINT)
+    out, err = victim.communicate(timeout=120)
+    assert victim.returncode == 130, (out, err)
+    assert "checkpoint saved" in out and "--resume" in out and "Traceback" not in err
+    assert (tmp_path / "int" / "resume.safetensors").exists()
+    assert not (tmp_path / "int" / "results.json").exists()
+    resumed = cli("train", "--resume", str(tmp_path / "int"), "--no-progress", "--threads", "2")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert curve(tmp_path / "ref") == curve(tmp_path / "int")
+    assert same_weights(tmp_path / "ref" / "last.safetensors", tmp_path / "int" / "last.safetensors")
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(cifar, tmp_path):
+    cfg = build_config(str(write_cfg(tmp_path / "c.yaml", TINY, train__epochs=3)))
+    run = tmp_path / "run"
+    run.mkdir()
+    trainer = Trainer(cfg, cifar, run, out=lambda s: None, progress=False)
+    calls = {"n": 0}
+    forward = trainer.model.forward
+
+    def poisoned_forward(x):
+        if trainer.model.training:  # count training steps only, not validation passes
+            calls["n"] += 1
+        out = forward(x)
+        return out * float("nan") if calls["n"] == trainer.steps_per_epoch + 3 and trainer.model.training else out
+
+    trainer.model.forward = poisoned_forward
+    with pytest.raises(NonFiniteLoss, match=r"loss became NaN at epoch 2, step 3 of the epoch.*intact"):
+        trainer.fit()
+    assert read_metrics(run)[-1]["epoch"] == 1
+    from resnet5m.models.weights import load_weights
+
+    state, _, info = load_weights(run / "last.safetensors")
+    assert info["epoch"] == 1 and all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_every_augmentation_and_trick_runs_in_training(cifar, tmp_path):
+    cfg = build_config(str(write_cfg(
+        tmp_path / "c.yaml", TINY, train__epochs=1, data__train_subset=500, data__val_size=100,
+        augment={"resized_crop": {}, "crop": {"padding": 2, "mode": "zero"}, "rotation": {"degrees": 10},
+                 "translate": {"fraction": 0.1}, "flip": {"mode": "alternating"}, "vflip": {"p": 0.1},
+                 "color_jitter": {"hue": 0.05}, "blur": {}, "cutout": {"size": 8}},
+        train__mixup={"alpha": 0.2, "p": 0.5}, train__cutmix={"alpha": 1.0}, train__label_smoothing=0.1,
+        train__grad_clip=2.0, train__ema={"decay": 0.99}, optimizer__no_decay_bn_bias=True,
+        schedule={"name": "onecycle"}, eval={"tta": "flip_translate"})))
+    run = tmp_path / "run"
+    run.mkdir()
+    r = train_run(cfg, cifar, run, progress=False)
+    assert 0 <= r["test_acc"] <= 1 and r["tta"] == "flip_translate"
+
+
+def test_distillation_from_a_teacher_run(cifar, tmp_path):
+    teacher_cfg = build_config(str(write_cfg(tmp_path / "t.yaml", TINY, train__epochs=1)))
+    (tmp_path / "teacher").mkdir()
+    train_run(teacher_cfg, cifar, tmp_path / "teacher", progress=False)
+    student = build_config(str(write_cfg(tmp_path / "s.yaml", TINY, train__epochs=1,
+                                         model__channels=[8, 16],
+                                         train__distill={"teacher": str(tmp_path / "teacher"), "alpha": 0.5})))
+    (tmp_path / "student").mkdir()
+    r = train_run(student, cifar, tmp_path / "student", progress=False)
+    assert r["test_acc"] > 0.15
+
+
+def test_seeds_report_mean_and_std(tmp_path, capsys, data_env):
+    cfg = write_cfg(tmp_path / "c.yaml", TINY, train__epochs=1, data__train_subset=1000)
+    assert main(["train", "--config", str(cfg), "--seeds", "0,1", "--name", "multi", "--runs-dir", str(tmp_path),
+                 "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    assert summary["n"] == 2 and summary["seeds"] == [0, 1]
+    vals = summary["test_acc"]["values"]
+    assert summary["test_acc"]["mean"] == pytest.approx(sum(vals) / 2)
+    assert summary["test_acc"]["std"] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5)
+    assert vals[0] != vals[1]  # different seeds really differ
+    assert "over 2 seeds" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "optimizer.lr=-1"], "optimizer.lr: Input should be greater than 0"),
+    (["--set", "optimizer.bogus=1"], "optimizer.bogus: unknown key"),
+    (["--set", "train.epochs=abc"], "train.epochs: Input should be a valid number"),
+    (["--set", "augment.cutout.size=99"], "augment.cutout.size: Input should be less than or equal to 32"),
+    (["--set", "schedule.name=sometimes"], "schedule.name: Input should be"),
+    (["--model", "resnet18"], "11,173,962 trainable parameters, over the budget of 5,000,000"),
+    (["--config", "nope"], "unknown recipe 'nope'"),
+    (["--set", "noequals"], "expected KEY=VALUE"),
+])
+def test_config_errors_are_caught_before_any_work(tmp_path, args, message, data_env):
+    p = cli("train", "--runs-dir", str(tmp_path), *args)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2, (out, err)
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())  # no run directory was created
