@@ -1,0 +1,120 @@
+"""The fast recipe's mechanisms, each on tiny inputs."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from resnet5m.cli.train_cmd import add_parsers
+from resnet5m.data.loader import BatchLoader
+from resnet5m.models import FastNetConfig, build_model
+from resnet5m.training.config import OptimizerConfig
+from resnet5m.training.optim import build_optimizers
+
+
+def parse_train(argv):
+    p = argparse.ArgumentParser()
+    add_parsers(p.add_subparsers())
+    return p.parse_args(["train", *argv])
+
+
+def test_whitening_layer_whitens_patches(cifar):
+    model = build_model(FastNetConfig(widths=[8, 8, 8]))
+    images = cifar.train_images[:500].float() / 255
+    model.init_from_data(images)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(model.normalize(images), model.whiten.weight)  # no bias
+    feats = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12).double()
+    second_moment = feats.T @ feats / len(feats)  # the statistic the init whitens (uncentred, like airbench)
+    off = second_moment - torch.diag(torch.diag(second_moment))
+    assert off.abs().max() < 1e-3  # decorrelated
+    # variance along principal direction k is lambda_k / (lambda_k + eps): ~1 except near eps=5e-4
+    x = model.normalize(images).double()
+    patches = x.unfold(2, 2, 1).unfold(3, 2, 1).transpose(1, 3).reshape(-1, 12)
+    eigvals = torch.linalg.eigvalsh(patches.T @ patches / len(patches)).flip(0)
+    assert torch.allclose(torch.diag(second_moment), eigvals / (eigvals + 5e-4), atol=1e-4)
+    assert torch.diag(second_moment)[:4].min() > 0.99
+    # on other images it is still close to white
+    with torch.no_grad():
+        other = torch.nn.functional.conv2d(model.normalize(cifar.train_images[500:1000].float() / 255),
+                                           model.whiten.weight)
+    f2 = other[:, :12].permute(0, 2, 3, 1).reshape(-1, 12).double()
+    m2 = f2.T @ f2 / len(f2)
+    assert (m2 - torch.diag(torch.diag(m2))).abs().max() < 0.1
+    # the second half are the negated filters (so GELU keeps both signs)
+    assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12])
+    assert not model.whiten.weight.requires_grad
+
+
+def test_dirac_init_makes_convs_identities():
+    model = build_model(FastNetConfig(widths=[16, 32, 32]))
+    conv2 = model.groups[1].conv2
+    x = torch.randn(2, 32, 7, 7)
+    assert torch.allclose(conv2(x), x, atol=1e-6)
+    conv1 = model.groups[1].conv1  # 16 -> 32: the first 16 filters copy the 16 inputs
+    y = conv1(torch.randn(2, 16, 7, 7))
+    assert y.shape == (2, 32, 7, 7)
+    z = torch.randn(2, 16, 7, 7)
+    assert torch.allclose(conv1(z)[:, :16], z, atol=1e-6)
+
+
+def test_batchnorm_scale_is_frozen_and_bias_learns_with_boosted_lr():
+    model = build_model(FastNetConfig(widths=[8, 16, 16]))
+    bn = model.groups[0].norm1
+    assert not bn.weight.requires_grad and bn.bias.requires_grad
+    assert bn.momentum == pytest.approx(0.4)  # airbench convention: keep 60% of the old statistics
+    cfg = OptimizerConfig(name="sgd", lr=11.5, momentum=0.85, nesterov=True, weight_decay=0.0153,
+                          decoupled=True, bias_lr_scale=64)
+    (opt,) = build_optimizers(model, cfg, 256)
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs[id(bn.bias)] == pytest.approx(64 * lrs[id(model.groups[0].conv1.weight)])
+    loss = model(torch.rand(4, 3, 32, 32)).pow(2).sum()
+    loss.backward()
+    opt.step()
+    assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and bn.bias.abs().sum() > 0
+
+
+def test_whitening_bias_freezes_after_its_epochs():
+    model = build_model(FastNetConfig(whiten_bias_epochs=2))
+    model.on_epoch_start(1)
+    assert model.whiten.bias.requires_grad
+    model.on_epoch_start(2)
+    assert not model.whiten.bias.requires_grad
+
+
+def test_group_has_an_identity_skip():
+    model = build_model(FastNetConfig(widths=[8, 8, 8], residual=True))
+    g = model.groups[1].eval()
+    with torch.no_grad():
+        g.conv2.weight.zero_()  # residual branch outputs only BN's shift
+        g.norm2.bias.zero_()
+        g.norm2.running_mean.zero_()
+    x = torch.randn(2, 8, 14, 14)
+    inner = g.act(g.norm1(torch.nn.functional.max_pool2d(g.conv1(x), 2)))
+    assert torch.allclose(g(x), g.act(inner), atol=1e-6)  # act(x + 0) = act(x)
+
+
+def test_progressive_resizing_crops_and_the_network_accepts_any_size():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    loader = BatchLoader(images, torch.zeros(64, dtype=torch.long), 16, seed=0)
+    small = next(iter(loader.epoch(0, crop_size=24)))
+    assert small.images.shape == (16, 3, 24, 24)
+    full = next(iter(loader.epoch(0)))
+    # the small batch is a window of the full-size batch
+    i = 0
+    assert any(torch.equal(small.images[i], full.images[i, :, a:a + 24, b:b + 24]) for a in range(9)
+               for b in range(9))
+    model = build_model(FastNetConfig(widths=[8, 16, 16]))
+    assert model(small.images).shape == (16, 10) and model(full.images).shape == (16, 10)
+
+
+def test_fast_recipe_is_the_default_of_train():
+    from resnet5m.cli.train_cmd import config_from_args
+
+    cfg = config_from_args(parse_train([]))
+    assert cfg.model.family == "fastnet" and cfg.data.val_size == 0 and cfg.eval.tta == "flip_translate"
+    assert cfg.augment.flip.mode == "alternating"
+    n = sum(p.numel() for p in build_model(cfg.model).parameters())
+    assert n < 5_000_000
