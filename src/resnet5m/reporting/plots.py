@@ -55,6 +55,7 @@ def run_curves(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     if any(r.get("val_acc") is not None for r in rows):
         a2.plot(epochs, [r.get("val_acc") for r in rows], label="validation", marker=".")
     for ax, name in ((a1, "loss"), (a2, "accuracy")):
+        ax.ticklabel_format(useOffset=False, axis="y")
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -73,6 +74,7 @@ def overlay_curves(series: dict[str, Sequence[dict[str, Any]]], path: Path, titl
             if any(v is not None for v in vals):
                 ax.plot(epochs, vals, label=name, marker=".", markersize=3)
     for ax, key in zip(axes.flat, ("train loss", "validation loss", "train accuracy", "validation accuracy")):
+        ax.ticklabel_format(useOffset=False, axis="y")
         ax.set_title(key)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -163,10 +163,13 @@ def build_report(paths: list[str | Path], out_dir: str | Path) -> Path:
             first_seed[e.name] = read_metrics(e.runs[0])
     overlay = overlay_curves(first_seed, out / "curves_overlay.png", f"{title}: all variants (first seed)")
 
-    best_entry, best_run = max(((e, r) for e in entries for r in e.results), key=lambda er: er[1]["test_acc"])
+    best_entry, best_dir, best_run = max(((e, d, r) for e in entries for d, r in zip(e.runs, e.results)),
+                                         key=lambda t: t[2]["test_acc"])
+    best_label = best_entry.name if len(best_entry.runs) == 1 else f"{best_entry.name} / {best_dir.name}"
     confusion = confusion_heatmap(best_run["confusion"], CLASSES, out / "confusion_best.png",
-                                  f"best run: {best_run['run']} (test acc {best_run['test_acc'] * 100:.2f}%)")
-    atomic_write_text(out / "report.html", render_html(title, rows, entries, overlay, per_run, confusion, best_run))
+                                  f"best run: {best_label} (test acc {best_run['test_acc'] * 100:.2f}%)")
+    atomic_write_text(out / "report.html", render_html(title, rows, entries, overlay, per_run, confusion,
+                                                       {**best_run, "run": best_label}))
     return out
 
 
@@ -174,7 +177,10 @@ def render_html(title: str, rows: list[dict[str, str]], entries: list[Entry], ov
                 per_run: list[tuple[str, Path]], confusion: Path, best: dict[str, Any]) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
+    # the banner below explains any shortening; keep the table's note column short
+    short_rows = [{**r, "note": r["note"].replace(r["note"].split(";")[0], "shortened")
+                   if r["note"].startswith("shortened") else r["note"]} for r in rows]
+    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r.values()) + "</tr>" for r in short_rows)
     shortened = sorted({e.config.get("shortened") for e in entries if e.config.get("shortened")})
     warn = (f'<p class="warn">Shortened runs ({esc(", ".join(shortened))}): numbers are from quick versions, '
             "not the full recipes, and are not comparable to the original reports.</p>") if shortened else ""
@@ -185,13 +191,15 @@ def render_html(title: str, rows: list[dict[str, str]], entries: list[Entry], ov
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnet5m report: {esc(title)}</title>
 <style>
-body {{ font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 1100px;
+body {{ font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 1250px;
        color: #1d2430; line-height: 1.45; padding: 0 1rem; }}
 h1 {{ font-size: 1.6rem; margin-bottom: .2rem; }} h2 {{ margin-top: 2rem; border-bottom: 1px solid #dde; }}
 .meta {{ color: #667; font-size: .9rem; }}
 table {{ border-collapse: collapse; width: 100%; font-size: .9rem; }}
+.scroll {{ overflow-x: auto; }}
 th, td {{ border: 1px solid #d5d9e0; padding: .35rem .55rem; text-align: right; white-space: nowrap; }}
-th {{ background: #f2f4f8; }} td:first-child, th:first-child, td:last-child {{ text-align: left; }}
+td:last-child {{ white-space: normal; min-width: 7rem; }}
+th {{ background: #f2f4f8; }} td:first-child, th:first-child, td:last-child, th:last-child {{ text-align: left; }}
 tr:nth-child(even) td {{ background: #fafbfc; }}
 img {{ max-width: 100%; border: 1px solid #e4e6ea; }} figure {{ margin: 1rem 0; }}
 figcaption {{ color: #556; font-size: .85rem; }}
@@ -203,7 +211,7 @@ pre {{ background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .8rem; 
 several exist · model selection on the validation split, test set evaluated once per run</p>
 {warn}
 <h2>Results</h2>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
 <h2>Training curves, all variants</h2>
 <figure><img src="{_img(overlay)}" alt="overlaid curves"></figure>
 <h2>Confusion matrix of the best run</h2>
