@@ -79,3 +79,32 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
     print("  ".join("-" * w for w in widths))
     for r in cells:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+
+
+def timed_steps(model: torch.nn.Module, opts: list, batches, steps: int, warmup: int, device: torch.device,
+                prepare) -> dict[str, float]:
+    """Time ``steps`` training steps after ``warmup`` untimed ones. ``prepare(batch) -> (x, y)`` moves and
+    finishes a batch; its time counts as data time. Returns images/s and the data share of step time."""
+    from resnet5m.training.losses import classification_loss
+
+    total = data_time = 0.0
+    images = 0
+    it = iter(batches)
+    for i in range(warmup + steps):
+        sync(device)
+        t0 = time.perf_counter()
+        x, y = prepare(next(it))
+        sync(device)
+        t1 = time.perf_counter()
+        loss = classification_loss(model(x), y)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in opts:
+            o.step()
+        sync(device)
+        if i >= warmup:
+            total += time.perf_counter() - t0
+            data_time += t1 - t0
+            images += len(y)
+    return {"images_per_s": images / total, "data_share": data_time / total, "images": images}

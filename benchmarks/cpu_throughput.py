@@ -13,19 +13,17 @@ gathered and augmented there (same crop + flip), normalisation inside the model.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from common import machine, print_table, sync, write_json
+from common import machine, print_table, timed_steps, write_json
 from resnet5m.data import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, BatchLoader, build_augment, load_cifar10
 from resnet5m.models import FastNetConfig, build_model
 from resnet5m.runtime import resolve_device, tune_glibc_malloc
 from resnet5m.training.config import OptimizerConfig
-from resnet5m.training.losses import classification_loss
 from resnet5m.training.optim import build_optimizers
 
 
@@ -53,32 +51,12 @@ class PerImageCifar(Dataset):
         return torch.from_numpy(np.ascontiguousarray(t)), int(self.labels[i])
 
 
-def train_steps(model, opts, batches, steps: int, warmup: int, device, normalized_input: bool) -> dict:
-    total = data_time = 0.0
-    images = 0
-    it = iter(batches)
-    for i in range(warmup + steps):
-        sync(device)
-        t0 = time.perf_counter()
-        x, y = next(it)[:2]
+def baseline_prepare(device):
+    def prepare(batch):
+        x, y = batch
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        y = y.to(device)
-        sync(device)
-        t1 = time.perf_counter()
-        # the baseline's inputs are already normalised: undo the model's own normalisation layer
-        loss = classification_loss(model(x * model.normalize.std + model.normalize.mean if normalized_input
-                                         else x), y)
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
-            o.step()
-        sync(device)
-        if i >= warmup:
-            total += time.perf_counter() - t0
-            data_time += t1 - t0
-            images += len(y)
-    return {"images_per_s": images / total, "data_share": data_time / total, "images": images}
+        return x, y.to(device)
+    return prepare
 
 
 def main() -> None:
@@ -107,14 +85,17 @@ def main() -> None:
     model, opts = fresh()
     ours = BatchLoader(data.train_images[:n].to(device), data.train_labels[:n].to(device), args.batch_size,
                        augment=build_augment(AugmentConfig(crop={"padding": 4, "mode": "zero"}, flip={})), seed=0)
-    results["ours (batched, on device)"] = train_steps(model, opts, ours.epoch(0), args.steps, args.warmup,
-                                                       device, False)
+    results["ours (batched, on device)"] = timed_steps(model, opts, ours.epoch(0), args.steps, args.warmup,
+                                                       device, lambda b: (b.images, b.labels))
     model, opts = fresh()
     ds = PerImageCifar(data.train_images[:n].permute(0, 2, 3, 1).numpy(), data.train_labels[:n].numpy())
     dl = DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers,
                     persistent_workers=args.workers > 0)
-    results[f"baseline (per-image PIL/numpy, DataLoader, {args.workers} workers)"] = train_steps(
-        model, opts, dl, args.steps, args.warmup, device, True)
+    # the baseline's inputs are already normalised, so the model's own normalisation layer is made a no-op
+    model.normalize.mean.zero_()
+    model.normalize.std.fill_(1.0)
+    results[f"baseline (per-image PIL/numpy, DataLoader, {args.workers} workers)"] = timed_steps(
+        model, opts, dl, args.steps, args.warmup, device, baseline_prepare(device))
     base = list(results.values())[1]["images_per_s"]
     rows = [[k, f"{v['images_per_s']:.0f}", f"{v['data_share'] * 100:.1f}%", f"{v['images_per_s'] / base:.2f}x"]
             for k, v in results.items()]

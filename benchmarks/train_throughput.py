@@ -9,45 +9,22 @@ warm-up steps that are not timed; fp32, channels_last, glibc allocator tuning as
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from common import machine, print_table, sync, write_json
+from common import machine, print_table, timed_steps, write_json
 from resnet5m.data import AugmentConfig, BatchLoader, build_augment, load_cifar10
 from resnet5m.models import PRESETS, FastNetConfig, build_model, count_parameters
 from resnet5m.models.summary import mult_adds_per_image
 from resnet5m.runtime import resolve_device, tune_glibc_malloc
 from resnet5m.training.config import OptimizerConfig
-from resnet5m.training.losses import classification_loss
 from resnet5m.training.optim import build_optimizers
 
 
 def bench(model: torch.nn.Module, loader: BatchLoader, device: torch.device, steps: int, warmup: int) -> dict:
     model = model.to(device, memory_format=torch.channels_last).train()
     opts = build_optimizers(model, OptimizerConfig(name="sgd", lr=0.01, momentum=0.9, nesterov=True), 128)
-    it = loader.epoch(0)
-    data_time = step_time = 0.0
-    images = 0
-    for i in range(warmup + steps):
-        sync(device)
-        t0 = time.perf_counter()
-        x, y, _ = next(it)
-        sync(device)
-        t1 = time.perf_counter()
-        loss = classification_loss(model(x), y)
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
-            o.step()
-        sync(device)
-        t2 = time.perf_counter()
-        if i >= warmup:
-            data_time += t1 - t0
-            step_time += t2 - t0
-            images += len(y)
-    return {"images_per_s": images / step_time, "data_share": data_time / step_time}
+    return timed_steps(model, opts, loader.epoch(0), steps, warmup, device, lambda b: (b.images, b.labels))
 
 
 def main() -> None:
