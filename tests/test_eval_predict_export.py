@@ -133,7 +133,9 @@ def test_export_parity(trained_run, cifar, data_env, tmp_path, fmt, capsys):
 
         got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
     else:
-        got = torch.jit.load(str(out))(x).detach().numpy()
+        from resnet5m.evaluation.export import run_exported
+
+        got = run_exported(out, "torchscript", x)
     assert np.abs(got - ref).max() < 1e-4
 
 

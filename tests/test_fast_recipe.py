@@ -85,7 +85,7 @@ def test_whitening_bias_freezes_after_its_epochs():
 
 
 def test_group_has_an_identity_skip():
-    model = build_model(FastNetConfig(widths=[8, 8, 8], residual=True))
+    model = build_model(FastNetConfig(widths=[8, 8, 8], skip="identity"))
     g = model.groups[1].eval()
     with torch.no_grad():
         g.conv2.weight.zero_()  # residual branch outputs only BN's shift
@@ -118,3 +118,13 @@ def test_fast_recipe_is_the_default_of_train():
     assert cfg.augment.flip.mode == "alternating"
     n = sum(p.numel() for p in build_model(cfg.model).parameters())
     assert n < 5_000_000
+
+
+def test_projection_skip_adds_a_shortcut_from_the_group_input():
+    model = build_model(FastNetConfig(widths=[8, 16, 16], skip="projection")).eval()
+    g = model.groups[1]
+    assert g.shortcut[0].kernel_size == (1, 1) and g.shortcut[0].in_channels == 8
+    x = torch.randn(2, 8, 14, 14)
+    with torch.no_grad():
+        main = g.norm2(g.conv2(g.act(g.norm1(torch.nn.functional.max_pool2d(g.conv1(x), 2)))))
+        assert torch.allclose(g(x), g.act(main + g.shortcut(torch.nn.functional.max_pool2d(x, 2))), atol=1e-6)

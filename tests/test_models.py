@@ -138,5 +138,5 @@ def test_fastnet_is_residual_and_within_budget():
     g.eval()
     z = torch.randn(2, 24, 16, 16)
     inner = g.act(g.norm1(torch.nn.functional.max_pool2d(g.conv1(z), 2)))
-    assert torch.allclose(g(z), g.act(inner + g.norm2(g.conv2(inner))))
+    assert torch.allclose(g(z), g.act(inner + g.norm2(g.conv2(inner))))  # identity skip around conv2
     assert not torch.allclose(g(z), torch.zeros_like(g(z)))

@@ -36,7 +36,8 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 17) -> None:
 
 
 def export_torchscript(model: nn.Module, path: Path) -> None:
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated upstream, still asked for
         scripted = torch.jit.trace(model, torch.rand(2, 3, 32, 32))
     with atomic_path(path) as tmp:
         scripted.save(str(tmp))
@@ -50,7 +51,9 @@ def run_exported(path: Path, fmt: str, x: torch.Tensor) -> np.ndarray:
             raise UserError("the ONNX parity check needs onnxruntime: pip install 'resnet5m[export]'") from None
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return sess.run(None, {"images": x.numpy()})[0]
-    loaded = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return loaded(x).numpy()
 

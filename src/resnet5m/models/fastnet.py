@@ -28,7 +28,9 @@ class FastNetConfig(BaseModel):
     family: Literal["fastnet"] = "fastnet"
     widths: list[int] = Field([64, 256, 256], min_length=1, max_length=6)
     convs_per_group: Literal[2, 3] = 2
-    residual: bool = True
+    skip: Literal["identity", "projection", "none"] = Field(
+        "identity", description="identity: x0 + branch(x0) inside each group (after its pooling conv); "
+                                "projection: 1x1-conv+BN shortcut from the group input; none: plain (ablation)")
     whiten_kernel: int = Field(2, ge=1, le=4, description="patch size of the whitening layer (0 = plain conv)")
     whiten: bool = True
     activation: Literal["relu", "gelu", "silu"] = "gelu"
@@ -68,6 +70,8 @@ def _conv(cin: int, cout: int, dirac: bool) -> nn.Conv2d:
 
 
 class ConvGroup(nn.Module):
+    """conv3x3 -> maxpool -> BN -> act (x0), then the branch [conv-BN(-act-conv-BN)] and the skip."""
+
     def __init__(self, cin: int, cout: int, cfg: FastNetConfig) -> None:
         super().__init__()
         bn = lambda c: FrozenScaleBN(c, cfg.bn_momentum, cfg.bn_frozen_scale)  # noqa: E731
@@ -76,14 +80,20 @@ class ConvGroup(nn.Module):
         self.conv3 = _conv(cout, cout, cfg.dirac_init) if cfg.convs_per_group == 3 else None
         self.norm3 = bn(cout) if cfg.convs_per_group == 3 else None
         self.act = make_activation(cfg.activation)
-        self.residual = cfg.residual
+        self.skip = cfg.skip
+        if cfg.skip == "projection":
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), bn(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.norm1(F.max_pool2d(self.conv1(x), 2)))
-        y = self.norm2(self.conv2(x))
+        x0 = self.act(self.norm1(F.max_pool2d(self.conv1(x), 2)))
+        y = self.norm2(self.conv2(x0))
         if self.conv3 is not None:
             y = self.norm3(self.conv3(self.act(y)))
-        return self.act(x + y if self.residual else y)
+        if self.skip == "identity":
+            y = y + x0
+        elif self.skip == "projection":
+            y = y + self.shortcut(F.max_pool2d(x, 2))
+        return self.act(y)
 
 
 class FastNet(nn.Module):

@@ -35,7 +35,7 @@ class DataConfig(_Strict):
 
 class OptimizerConfig(_Strict):
     name: Literal["sgd", "adam", "adamw", "adadelta", "adagrad", "rmsprop", "muon"] = "sgd"
-    lr: float = Field(0.1, gt=0, le=100)
+    lr: float = Field(0.1, gt=0, le=10000, description="base lr (per 1024 examples when decoupled)")
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0, le=1)
