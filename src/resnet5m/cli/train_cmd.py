@@ -14,7 +14,7 @@ from resnet5m.models.budget import check_budget
 from resnet5m.models.registry import build_model, resolve_model_config
 from resnet5m.training.config import RunConfig, build_config, config_to_yaml, load_config_file, validate_config
 from resnet5m.training.engine import TrainingInterrupted, train_run
-from resnet5m.training.recipes import DEFAULT_RECIPE, list_recipes, resolve_recipe
+from resnet5m.training.recipes import DEFAULT_RECIPE, STANDARD_RECIPE, list_recipes, resolve_recipe
 from resnet5m.training.rundir import new_run_dir, write_json
 from resnet5m.training.seeds import train_seeds
 
@@ -31,10 +31,12 @@ _FLAG_KEYS = {
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (default: the fast recipe)",
-                       description="Train a run. With no arguments, runs the fast recipe (configs/fast.yaml).")
+                       description="Train a run. With no arguments, runs the fast recipe (configs/fast.yaml); "
+                                   "with --model/--blocks but no --config, the conventional configs/standard.yaml.")
     p.add_argument("--config", "-c", help=f"recipe name or YAML file (default: {DEFAULT_RECIPE}); "
                                           f"recipes: {', '.join(list_recipes())}")
-    p.add_argument("--model", "-m", help="model preset or model YAML (overrides the recipe's model)")
+    p.add_argument("--model", "-m", help="model preset or model YAML (replaces the recipe's model; without "
+                                         "--config the standard recipe is used)")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optimizer.lr=0.01 (repeatable)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
@@ -86,8 +88,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             extra[flag] = True
     if args.allow_over_budget:
         extra["allow_over_budget"] = True
-    config_path = resolve_recipe(args.config or DEFAULT_RECIPE)
     overrides = model_overrides(args)
+    # the fast recipe's hyperparameters are tuned for its own network: a model given without a recipe
+    # trains with the conventional one instead
+    recipe = args.config or (STANDARD_RECIPE if (args.model or overrides) else DEFAULT_RECIPE)
+    config_path = resolve_recipe(recipe)
     if args.model or overrides:
         base = args.model or load_config_file(config_path).get("model") or DEFAULT_RECIPE
         extra["model"] = resolve_model_config(base, overrides).model_dump(mode="json")

@@ -7,6 +7,7 @@ from pathlib import Path
 from resnet5m.errors import UserError
 
 DEFAULT_RECIPE = "fast"
+STANDARD_RECIPE = "standard"
 
 
 def recipes_dir() -> Path:
