@@ -63,14 +63,24 @@ def training_flops(trainer: Trainer) -> float:
 
 
 def warm_up(cfg, data, device) -> float:
-    """Untimed: a few steps of a throwaway run so kernel selection and allocator growth are done."""
+    """Untimed: a few steps of a throwaway model at every input size the run will use, so kernel
+    selection, allocator growth and (with --compile) compilation happen before the clock starts."""
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="warmup-"))
     try:
-        warm_cfg = cfg.model_copy(update={"seed": 12345})
-        trainer = Trainer(warm_cfg, data, tmp, out=lambda s: None, progress=False)
-        trainer.total_steps = min(trainer.total_steps, 3 if device.type == "cpu" else 30)
-        trainer.train_epoch(0)
+        trainer = Trainer(cfg.model_copy(update={"seed": 12345}), data, tmp, out=lambda s: None, progress=False)
+        sizes = sorted({stage.size for stage in cfg.train.resolution_schedule} | {32})
+        steps = 2 if device.type == "cpu" else 10
+        for size in sizes:
+            for _ in range(steps):
+                x = torch.rand(cfg.train.batch_size, 3, size, size, device=trainer.device)
+                x = x.contiguous(memory_format=torch.channels_last)
+                loss = trainer.forward_model(x).float().logsumexp(1).mean()
+                for opt in trainer.optimizers:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for opt in trainer.optimizers:
+                    opt.step()
         predict_logits(trainer.model, data.test_images[:2000], device=trainer.device,
                        batch_size=cfg.train.eval_batch_size)
         sync(trainer.device)
