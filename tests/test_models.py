@@ -26,6 +26,7 @@ PUBLISHED = {
     "kunkolienker2024": 4_398_890,
     "li2024": 4_587_690,
     "resnet18": 11_173_962,
+    "fast": 2_055_384,  # ours (not published): the fast recipe's residual net
 }
 
 
@@ -40,6 +41,15 @@ def test_forward_shapes(name):
     model = build_model(name).eval()
     with torch.no_grad():
         assert model(torch.rand(3, 3, 32, 32)).shape == (3, 10)
+
+
+def test_fast_preset_is_residual_and_is_the_fast_recipe_model():
+    from resnet5m.training.config import build_config
+    from resnet5m.training.recipes import resolve_recipe
+
+    cfg = PRESETS["fast"].config
+    assert cfg.skip == "projection" and PRESETS["fast"].params < 5_000_000
+    assert build_config(resolve_recipe("fast"), []).model == cfg
 
 
 def test_preset_structure_details():

@@ -61,6 +61,9 @@ register("kunkolienker2024", _rn(blocks=[3, 3, 3, 3], channels=[32, 64, 128, 256
          "ResNet [3,3,3,3], 32/64/128/256, SE ratio 16 in every block", 4_398_890)
 register("li2024", _rn(blocks=[3, 2, 4, 3], channels=[32, 64, 128, 256], activation="gelu"),
          "ResNet [3,2,4,3], 32/64/128/256, GELU", 4_587_690)
+register("fast", FastNetConfig(widths=[64, 256, 256], convs_per_group=2, skip="projection", head_scale=1 / 256,
+                              head_init_std=1.0, whiten_bias_epochs=3),
+         "resnet5m's fast net: whitening stem, 3 residual groups 64/256/256 (1x1-conv shortcuts)", 2_055_384)
 register("resnet18", _rn(blocks=[2, 2, 2, 2], channels=[64, 128, 256, 512]),
          "kuangliu's CIFAR ResNet-18 (reference; over budget)", 11_173_962)
 
