@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from resnet5m.cli.main import main
+from resnet5m.errors import UserError
 from resnet5m.evaluation.inference import predict_logits
 from resnet5m.models.weights import load_trained_model
 from resnet5m.training import build_config, train_run
@@ -151,6 +152,10 @@ def test_export_fastnet_parity(tmp_path, cifar):
     batch = cifar.test_images[:64].float() / 255
     for fmt in ("onnx", "torchscript"):
         assert export_model(loaded, tmp_path / f"m.{fmt}", fmt, batch) < 1e-4
+    # an export that fails its parity check (here: an impossible tolerance) is not left behind
+    with pytest.raises(UserError, match="differs from PyTorch"):
+        export_model(loaded, tmp_path / "failed.pt", "torchscript", batch, tolerance=0.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.torchscript", "w.safetensors"]
 
 
 def test_micro_study_end_to_end_with_report(tmp_path, data_env):

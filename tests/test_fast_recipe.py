@@ -120,6 +120,14 @@ def test_fast_recipe_is_the_default_of_train():
     assert n < 5_000_000
 
 
+def test_a_run_shorter_than_its_recipe_is_marked_shortened():
+    from resnet5m.cli.train_cmd import config_from_args
+
+    assert config_from_args(parse_train(["--config", "mehta2023"])).shortened is None
+    cfg = config_from_args(parse_train(["--config", "mehta2023", "--epochs", "2", "--set", "data.train_subset=5000"]))
+    assert cfg.shortened == "shortened: epochs=2 of 300, train_subset=5000"
+
+
 def test_projection_skip_adds_a_shortcut_from_the_group_input():
     model = build_model(FastNetConfig(widths=[8, 16, 16], skip="projection")).eval()
     g = model.groups[1]

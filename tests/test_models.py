@@ -100,7 +100,7 @@ def test_invalid_configs_are_one_line_errors(kwargs, message):
 
 
 def test_pool_larger_than_feature_map_is_rejected():
-    with pytest.raises(ValueError, match="larger than the final feature map"):
+    with pytest.raises(UserError, match="larger than the final feature map"):
         build_model(ResNetConfig(blocks=[1, 1, 1, 1], channels=[8, 8, 8, 8], pool=8))
 
 
@@ -120,6 +120,9 @@ def test_yaml_model_and_overrides(tmp_path):
     run = tmp_path / "run.yaml"
     run.write_text("model: li2024\n")
     assert resolve_model_config(str(run)) == PRESETS["li2024"].config
+    child = tmp_path / "child.yaml"  # a recipe that inherits its model through `base:`
+    child.write_text("base: run.yaml\noptimizer: {lr: 0.01}\n")
+    assert resolve_model_config(str(child)) == PRESETS["li2024"].config
     cfg = resolve_model_config("reddy2024", {"activation": "gelu"})
     assert cfg.activation == "gelu" and cfg.blocks == [2, 2, 2]
     bad = tmp_path / "bad.yaml"

@@ -48,6 +48,14 @@ def test_every_optimizer_takes_a_step(name):
     assert kinds == expected
 
 
+def test_rmsprop_momentum_defaults_to_torch_default_unless_given():
+    (opt,) = build_optimizers(Tiny(), OptimizerConfig(name="rmsprop", lr=0.01), batch_size=8)
+    assert opt.param_groups[0]["momentum"] == 0.0
+    (opt,) = build_optimizers(Tiny(), OptimizerConfig(name="rmsprop", lr=0.01, momentum=0.5), batch_size=8)
+    assert opt.param_groups[0]["momentum"] == 0.5
+    assert OptimizerConfig(name="sgd").momentum == 0.9
+
+
 def test_param_groups_bias_lr_and_no_decay():
     model = Tiny()
     cfg = OptimizerConfig(name="sgd", lr=0.1, weight_decay=0.01, bias_lr_scale=10, no_decay_bn_bias=True,

@@ -234,6 +234,7 @@ def test_seeds_report_mean_and_std(tmp_path, capsys, data_env):
     (["--model", "resnet18"], "11,173,962 trainable parameters, over the budget of 5,000,000"),
     (["--config", "nope"], "unknown recipe 'nope'"),
     (["--set", "noequals"], "expected KEY=VALUE"),
+    (["--config", "reddy2024", "--val-size", "0"], "plateau steps on the validation metric; it needs data.val_size"),
 ])
 def test_config_errors_are_caught_before_any_work(tmp_path, args, message, data_env):
     p = cli("train", "--runs-dir", str(tmp_path), *args)
@@ -241,3 +242,12 @@ def test_config_errors_are_caught_before_any_work(tmp_path, args, message, data_
     assert p.returncode == 2, (out, err)
     assert message in err and "Traceback" not in err and err.count("\n") == 1
     assert not any(tmp_path.iterdir())  # no run directory was created
+
+
+def test_run_rejected_by_the_data_leaves_no_directory(tmp_path, capsys, data_env):
+    args = ["train", "--config", str(write_cfg(tmp_path / "c.yaml", TINY, data__train_subset=100,
+                                               train__batch_size=512)),
+            "--name", "big-batch", "--runs-dir", str(tmp_path / "runs"), "--no-progress"]
+    assert main(args) == 2
+    assert "batch_size 512 exceeds the 100 training images" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "big-batch").exists()  # the same --name can be used again

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from resnet5m.cli.common import add_model_arguments, int_list, model_overrides
 from resnet5m.data.sources import load_cifar10
 from resnet5m.errors import UserError
+from resnet5m.io.atomic import atomic_write_text
 from resnet5m.models.budget import check_budget
 from resnet5m.models.registry import build_model, resolve_model_config
-from resnet5m.training.config import RunConfig, build_config, config_to_yaml, load_config_file, validate_config
-from resnet5m.training.engine import TrainingInterrupted, train_run
+from resnet5m.training.config import (
+    RunConfig,
+    build_config,
+    config_to_yaml,
+    load_config_file,
+    shortening_note,
+    validate_config,
+)
+from resnet5m.training.engine import RESUME_FILE, TrainingInterrupted, train_run
 from resnet5m.training.recipes import DEFAULT_RECIPE, STANDARD_RECIPE, list_recipes, resolve_recipe
 from resnet5m.training.rundir import new_run_dir, write_json
 from resnet5m.training.seeds import train_seeds
@@ -96,7 +105,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.model or overrides:
         base = args.model or load_config_file(config_path).get("model") or DEFAULT_RECIPE
         extra["model"] = resolve_model_config(base, overrides).model_dump(mode="json")
-    return build_config(config_path, args.overrides, extra)
+    cfg = build_config(config_path, args.overrides, extra)
+    note = shortening_note(build_config(config_path, [], {}), cfg)
+    return cfg.model_copy(update={"shortened": note}) if note and not cfg.shortened else cfg
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -109,7 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
     run_dir = new_run_dir(args.runs_dir, cfg.name)
     try:
         if args.seeds:
-            (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+            atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
             write_json(run_dir / "seeds.json", {"seeds": args.seeds})
             train_seeds(cfg, data, run_dir, args.seeds, progress=progress)
         else:
@@ -117,7 +128,17 @@ def run_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(f"resnet5m: {exc}")
         return 130
+    except UserError:
+        discard_unstarted(run_dir)
+        raise
     return 0
+
+
+def discard_unstarted(run_dir: Path) -> None:
+    """A run rejected before its first step (e.g. batch larger than the data, no such device) leaves no
+    directory behind, so the same --name can be used again."""
+    if not any(p.name in ("metrics.jsonl", RESUME_FILE) for p in run_dir.rglob("*")):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _resume(run_dir: Path, args: argparse.Namespace, progress: bool) -> int:

@@ -58,18 +58,26 @@ def run_exported(path: Path, fmt: str, x: torch.Tensor) -> np.ndarray:
         return loaded(x).numpy()
 
 
-def export_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, check_images: torch.Tensor) -> float:
-    """Write the export and return the max |logit difference| vs PyTorch on ``check_images`` (float [0,1])."""
+def export_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, check_images: torch.Tensor,
+                 tolerance: float = 1e-4) -> float:
+    """Write the export and return the max |logit difference| vs PyTorch on ``check_images`` (float [0,1]).
+
+    The file is written beside ``path`` under a temporary name, checked, and only then renamed into
+    place: an export that fails the parity check leaves nothing behind."""
     if fmt not in FORMATS:
         raise UserError(f"format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
     model = model.to("cpu", memory_format=torch.contiguous_format).eval().float()
     path = Path(path)
-    if fmt == "onnx":
-        export_onnx(model, path)
-    else:
-        export_torchscript(model, path)
-    x = check_images.float().contiguous()
-    with torch.no_grad():
-        ref = model(x).numpy()
-    got = run_exported(path, fmt, x)
-    return float(np.abs(got - ref).max())
+    staged = path.with_name(f".{path.name}.unchecked")
+    try:
+        (export_onnx if fmt == "onnx" else export_torchscript)(model, staged)
+        x = check_images.float().contiguous()
+        with torch.no_grad():
+            ref = model(x).numpy()
+        diff = float(np.abs(run_exported(staged, fmt, x) - ref).max())
+        if not diff < tolerance:
+            raise UserError(f"exported model differs from PyTorch by {diff:.2e} (>= {tolerance:g}); not written")
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+    return diff

@@ -106,6 +106,8 @@ def load_model_yaml(path: str) -> dict[str, Any]:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if isinstance(data, dict) and "model" not in data and isinstance(data.get("base"), str):
+        return load_model_yaml(str(p.parent / data["base"]))  # a run recipe inheriting its model
     if isinstance(data, dict) and "model" in data:
         model = data["model"]
         if isinstance(model, str):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from resnet5m.data.cifar10 import CIFAR10_MEAN, CIFAR10_STD, NUM_CLASSES
+from resnet5m.errors import UserError
 from resnet5m.models.layers import Normalize, SqueezeExcite, make_activation
 
 
@@ -128,7 +129,7 @@ class ResNet(nn.Module):
         finally:
             self.train(was_training)
         if self.config.pool is not None and self.config.pool > feats.shape[-1]:
-            raise ValueError(f"pool {self.config.pool} is larger than the final feature map "
+            raise UserError(f"pool {self.config.pool} is larger than the final feature map "
                              f"({feats.shape[-1]}x{feats.shape[-1]})")
         return self._pool(feats).shape[1]
 

@@ -36,7 +36,8 @@ class DataConfig(_Strict):
 class OptimizerConfig(_Strict):
     name: Literal["sgd", "adam", "adamw", "adadelta", "adagrad", "rmsprop", "muon"] = "sgd"
     lr: float = Field(0.1, gt=0, le=10000, description="base lr (per 1024 examples when decoupled)")
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd/muon momentum (default 0.9); rmsprop momentum "
+                                                        "(default 0, as in torch)")
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0, le=1)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -57,6 +58,14 @@ class OptimizerConfig(_Strict):
         if not all(0 <= b < 1 for b in v):
             raise ValueError(f"betas must be in [0, 1), got {v}")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rmsprop_default_momentum(cls, data: Any) -> Any:
+        # 0.9 is the SGD default; RMSprop's own default (torch, the reference studies) is no momentum
+        if isinstance(data, dict) and data.get("name") == "rmsprop" and "momentum" not in data:
+            return {**data, "momentum": 0.0}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> OptimizerConfig:
@@ -181,6 +190,16 @@ class RunConfig(_Strict):
             return {"family": "resnet", **v}
         return v
 
+    @model_validator(mode="after")
+    def _selection_needs_validation(self) -> RunConfig:
+        # without a validation split there is nothing honest to select on (never the test set)
+        if self.data.val_size == 0:
+            if self.schedule.name == "plateau":
+                raise ValueError("schedule.name=plateau steps on the validation metric; it needs data.val_size > 0")
+            if self.train.early_stopping_patience is not None:
+                raise ValueError("train.early_stopping_patience needs a validation split (data.val_size > 0)")
+        return self
+
 
 # --- loading, overrides, saving ---------------------------------------------------------------------
 
@@ -258,3 +277,14 @@ def build_config(config_path: str | None = None, overrides: list[str] | None = N
 
 def config_to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def shortening_note(recipe: RunConfig, cfg: RunConfig) -> str | None:
+    """'shortened: epochs=2 of 300, train_subset=5000' when ``cfg`` trains less than its recipe, so that
+    reports never pass a quick run off as the recipe."""
+    notes = []
+    if cfg.train.epochs < recipe.train.epochs:
+        notes.append(f"epochs={cfg.train.epochs:g} of {recipe.train.epochs:g}")
+    if cfg.data.train_subset is not None and cfg.data.train_subset != recipe.data.train_subset:
+        notes.append(f"train_subset={cfg.data.train_subset}")
+    return ("shortened: " + ", ".join(notes)) if notes else None

@@ -28,6 +28,7 @@ from resnet5m.data.split import stratified_split
 from resnet5m.errors import UserError
 from resnet5m.evaluation.inference import predict_logits
 from resnet5m.evaluation.metrics import evaluate_logits
+from resnet5m.io.atomic import atomic_write_text
 from resnet5m.io.state import load_state, save_state
 from resnet5m.models.budget import check_budget, count_parameters
 from resnet5m.models.registry import build_model
@@ -474,7 +475,7 @@ def train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, *, resume: bool = Fa
     """Train (or resume) one run in ``run_dir`` and evaluate it on the test set at the end."""
     wall_start = time.perf_counter()
     if not resume:
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
     trainer = Trainer(cfg, data, run_dir, out=out, progress=progress)
     if resume and not (run_dir / RESUME_FILE).exists():
         raise UserError(f"{run_dir}: nothing to resume (no {RESUME_FILE})")

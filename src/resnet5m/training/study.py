@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from resnet5m.data.sources import load_cifar10
 from resnet5m.errors import UserError
+from resnet5m.io.atomic import atomic_write_text
 from resnet5m.training.config import RunConfig, apply_overrides, deep_merge, load_config_file, validate_config
 from resnet5m.training.engine import Printer
 from resnet5m.training.recipes import resolve_recipe
@@ -112,7 +113,7 @@ def run_study(study_path: str, runs_dir: str | Path, *, epochs: float | None = N
     for i, (name, cfg) in enumerate(configs.items(), 1):
         out(f"== study {study.name}: variant {i}/{len(configs)} '{name}' ==")
         (root / name).mkdir(exist_ok=True)
-        (root / name / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        atomic_write_text(root / name / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         write_json(root / name / "seeds.json", {"seeds": seeds})
         train_seeds(cfg, data, root / name, seeds, out=out, progress=progress)
     return root
