@@ -60,6 +60,24 @@ def test_evaluate_matches_a_direct_computation(trained_run, cifar, data_env, cap
     assert json.loads((trained_run / "results.json").read_text())["test_acc"] == pytest.approx(acc, abs=1e-6)
 
 
+def test_evaluate_on_another_labeled_set(trained_run, cifar, tmp_path, capsys):
+    # a CIFAR-10.1-style file: one labeled set, uint8 HWC, keys x/y
+    x = cifar.test_images[:300].permute(0, 2, 3, 1).numpy()
+    y = cifar.test_labels[:300].numpy()
+    np.savez(tmp_path / "other.npz", x=x, y=y)
+    assert main(["evaluate", str(trained_run), "--data", str(tmp_path / "other.npz"), "--tta", "none",
+                 "--out", str(tmp_path / "ev")]) == 0
+    result = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    model, _ = load_trained_model(trained_run)
+    with torch.no_grad():
+        acc = (model(cifar.test_images[:300].float() / 255).argmax(1) == cifar.test_labels[:300]).float().mean()
+    assert result["modes"]["none"]["accuracy"] == pytest.approx(acc.item(), abs=1e-6)
+    assert np.array(result["modes"]["none"]["confusion"]).sum() == 300
+    np.savez(tmp_path / "bad.npz", x=x, labels=y)
+    assert main(["evaluate", str(trained_run), "--data", str(tmp_path / "bad.npz")]) == 2
+    assert "expected x_train, y_train, x_test, y_test or one labeled set" in capsys.readouterr().err
+
+
 def test_tta_keeps_order_and_averages_the_right_views(trained_run, cifar):
     model, _ = load_trained_model(trained_run)
     x = cifar.test_images[:64]

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from resnet5m.data.cifar10 import CLASSES
-from resnet5m.data.sources import load_cifar10
+from resnet5m.data.sources import load_cifar10, load_labeled_set
 from resnet5m.evaluation.evaluate import evaluate_model, format_report, write_confusion_csv
 from resnet5m.evaluation.export import FORMATS, export_model
 from resnet5m.evaluation.inference import TTA_MODES, predict_logits
@@ -25,7 +25,8 @@ from resnet5m.runtime.device import resolve_device
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy, confusion matrix (+ TTA gains)")
     p.add_argument("model", metavar="RUN_OR_CHECKPOINT", help="run directory or .safetensors weights")
-    p.add_argument("--data", help="labeled set in a supported format (default: CIFAR-10)")
+    p.add_argument("--data", help="CIFAR-10 from any supported source (default: the usual resolution), or an .npz "
+                                   "holding one labeled set (x_test/y_test, x/y or images/labels; uint8 HWC)")
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split of --data (default test)")
     p.add_argument("--tta", choices=[*TTA_MODES, "all"], default="all",
                    help="test-time augmentation to report besides none (default: all)")
@@ -59,13 +60,11 @@ def _default_out(model_arg: str, name: str) -> Path:
 def run_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, info = load_trained_model(args.model, device)
-    data = load_cifar10(args.data)
-    images, labels = (data.test_images, data.test_labels) if args.split == "test" else \
-        (data.train_images, data.train_labels)
+    images, labels, source = load_labeled_set(args.data, args.split)
     modes = list(TTA_MODES) if args.tta == "all" else [args.tta]
     result = evaluate_model(model, images, labels, tta_modes=modes, batch_size=args.batch_size, device=device)
     result["reported_mode"] = modes[-1] if args.tta != "all" else "flip_translate"
-    result.update(weights=info["weights_path"], data=data.source, split=args.split)
+    result.update(weights=info["weights_path"], data=source, split=args.split)
     out = Path(args.out) if args.out else _default_out(args.model, "evaluation")
     out.mkdir(parents=True, exist_ok=True)
     best = result["modes"][result["reported_mode"]]
@@ -75,7 +74,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     confusion_heatmap(best["confusion"], CLASSES, out / "confusion.png",
                       title=f"{Path(info['weights_path']).parent.name}: {args.split} (tta {result['reported_mode']})")
-    print(f"{info['weights_path']} on {data.source} [{args.split}, {len(labels)} images]")
+    print(f"{info['weights_path']} on {source} [{args.split}, {len(labels)} images]")
     print(format_report(result))
     print(f"\nwrote {out}/evaluation.json, confusion.csv, confusion.png")
     return 0

@@ -13,13 +13,15 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from resnet5m.data.cifar10 import Cifar10, from_arrays
+from resnet5m.data.cifar10 import Cifar10, check_images, check_labels, from_arrays
 from resnet5m.data.download import EXTRACTED_NAME, TARBALL_NAME, fetch_cifar10
 from resnet5m.errors import UserError
 from resnet5m.io.safe_pickle import restricted_load
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+SINGLE_SET_KEYS = (("x_test", "y_test"), ("x", "y"), ("images", "labels"))
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 
@@ -32,23 +34,49 @@ def cache_dir() -> Path:
     return Path(base) / "resnet5m"
 
 
-def load_npz(path: Path) -> Cifar10:
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, without unpickling; a broken file is a one-line error."""
     try:
         with np.load(path, allow_pickle=False) as d:
-            missing = [k for k in NPZ_KEYS if k not in d.files]
-            if missing:
-                raise UserError(f"{path}: missing key(s) {', '.join(missing)} "
-                                f"(an .npz must hold {', '.join(NPZ_KEYS)})")
-            arrays = {k: d[k] for k in NPZ_KEYS}
-    except UserError:
-        raise
+            return {k: d[k] for k in d.files}
     except ValueError as exc:
         if "pickle" in str(exc):
             raise UserError(f"{path}: holds pickled objects, which are refused; store plain uint8 arrays") from None
         raise UserError(f"{path}: truncated or corrupt .npz ({exc})") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise UserError(f"{path}: truncated or corrupt .npz ({exc})") from None
+
+
+def load_npz(path: Path) -> Cifar10:
+    arrays = _read_npz(path)
+    missing = [k for k in NPZ_KEYS if k not in arrays]
+    if missing:
+        raise UserError(f"{path}: missing key(s) {', '.join(missing)} (an .npz must hold {', '.join(NPZ_KEYS)})")
     return from_arrays(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], str(path))
+
+
+def load_labeled_set(path: str | os.PathLike[str] | None,
+                     split: str = "test") -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(images NCHW uint8, labels, source) to evaluate on: a split of CIFAR-10 from any source, or an .npz
+    holding a single labeled set under x_test/y_test, x/y or images/labels (uint8 HWC; e.g. CIFAR-10.1)."""
+    p = Path(path).expanduser() if path is not None else None
+    if p is not None and p.suffix.lower() == ".npz" and p.is_file():
+        arrays = _read_npz(p)
+        if not all(k in arrays for k in NPZ_KEYS):
+            pair = next(((x, y) for x, y in SINGLE_SET_KEYS if x in arrays and y in arrays), None)
+            if pair is None:
+                raise UserError(f"{p}: keys {', '.join(sorted(arrays)) or 'none'}; expected {', '.join(NPZ_KEYS)} "
+                                f"or one labeled set ({', '.join('/'.join(k) for k in SINGLE_SET_KEYS)})")
+            if split != "test":
+                raise UserError(f"{p}: holds a single labeled set; --split {split} needs the full CIFAR-10")
+            x, y = arrays[pair[0]], arrays[pair[1]]
+            check_images(x, f"{p}: {pair[0]}")
+            labels = check_labels(y, len(x), f"{p}: {pair[1]}")
+            return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), str(p)
+    data = load_cifar10(path)
+    if split == "test":
+        return data.test_images, data.test_labels, data.source
+    return data.train_images, data.train_labels, data.source
 
 
 def _decode_batch(obj: object, where: str) -> tuple[np.ndarray, np.ndarray]:
