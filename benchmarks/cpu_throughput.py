@@ -1,7 +1,7 @@
 """Our batched, device-resident data pipeline vs the usual per-image DataLoader, on the same model and
 training step (the fast recipe's network and optimizer).
 
-    python benchmarks/cpu_throughput.py [--batch-size 1024] [--steps 8] [--workers 2]
+    python benchmarks/cpu_throughput.py [--batch-size 2000] [--steps 8] [--workers 2]
 
 Baseline ("the usual way", as in the reference studies' code): a torch.utils.data.Dataset that turns each
 uint8 image into a PIL image, random-crops it with 4 px zero padding, flips it with probability 0.5 and
@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from common import machine, print_table, timed_steps, write_json
 from resnet5m.data import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, BatchLoader, build_augment, load_cifar10
-from resnet5m.models import FastNetConfig, build_model
+from resnet5m.models import build_model
 from resnet5m.runtime import resolve_device, tune_glibc_malloc
-from resnet5m.training.config import OptimizerConfig
+from resnet5m.training.config import build_config
 from resnet5m.training.optim import build_optimizers
+from resnet5m.training.recipes import resolve_recipe
 
 
 class PerImageCifar(Dataset):
@@ -61,7 +62,7 @@ def baseline_prepare(device):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the fast recipe's (2000)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
@@ -71,15 +72,15 @@ def main() -> None:
     tune_glibc_malloc()
     device = resolve_device(args.device)
     data = load_cifar10()
+    recipe = build_config(resolve_recipe("fast"), [])  # the fast recipe's network and optimizers
+    args.batch_size = args.batch_size or recipe.train.batch_size
     n = args.batch_size * (args.steps + args.warmup)
-    opt_cfg = OptimizerConfig(name="sgd", lr=11.5, momentum=0.85, nesterov=True, weight_decay=0.0153,
-                              decoupled=True, bias_lr_scale=64)
 
     def fresh():
         torch.manual_seed(0)
-        m = build_model(FastNetConfig()).to(device, memory_format=torch.channels_last)
+        m = build_model(recipe.model).to(device, memory_format=torch.channels_last)
         m.init_from_data(data.train_images[:5000].to(device).float() / 255)
-        return m, build_optimizers(m, opt_cfg, args.batch_size)
+        return m, build_optimizers(m, recipe.optimizer, args.batch_size)
 
     results = {}
     model, opts = fresh()

@@ -14,7 +14,7 @@ import torch
 
 from common import machine, print_table, timed_steps, write_json
 from resnet5m.data import AugmentConfig, BatchLoader, build_augment, load_cifar10
-from resnet5m.models import PRESETS, FastNetConfig, build_model, count_parameters
+from resnet5m.models import PRESETS, build_model, count_parameters
 from resnet5m.models.summary import mult_adds_per_image
 from resnet5m.runtime import resolve_device, tune_glibc_malloc
 from resnet5m.training.config import OptimizerConfig
@@ -42,7 +42,6 @@ def main() -> None:
     labels = data.train_labels[: len(images)].to(device)
     loader = BatchLoader(images, labels, args.batch_size, augment=build_augment(AugmentConfig()), seed=0)
     configs = {name: pre.config for name, pre in PRESETS.items()}
-    configs["fast (fastnet 64/256/256)"] = FastNetConfig()
     rows, results = [], []
     for name, cfg in configs.items():
         model = build_model(cfg)
