@@ -138,6 +138,7 @@ def main() -> None:
     cfg = build_config(resolve_recipe(args.config), args.overrides)
     data = load_cifar10(cfg.data.path)
     device = resolve_device(cfg.device)
+    info = machine(device)  # before training: the commit that runs, not the one at the end
     peak = measure_peak_flops(device, dtype=torch.float32 if device.type == "cpu" else torch.bfloat16)
     warmup_s = warm_up(cfg, data, device)
     macs = mult_adds_per_image(build_model(cfg.model))
@@ -150,7 +151,6 @@ def main() -> None:
                      f"{r['tta_s']:.1f}", f"{r['images_per_s']:.0f}",
                      f"{(r['data_share'] or 0) * 100:.1f}%", f"{r['fraction_of_peak'] * 100:.0f}%"])
         print(f"  seed {seed}: {r['test_acc'] * 100:.2f}% in {r['train_s']:.1f}s", flush=True)
-    info = machine(device)
     acc = mean_std(r["test_acc"] for r in results)
     acc0 = mean_std(r["test_acc_no_tta"] for r in results)
     tim = mean_std(r["train_s"] for r in results)
