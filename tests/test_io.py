@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -21,6 +22,12 @@ def test_atomic_write_replaces_or_keeps(tmp_path):
         raise RuntimeError("killed")
     assert p.read_text() == "one"
     assert [f.name for f in tmp_path.iterdir()] == ["f.txt"]
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(p, "two")
+    finally:
+        os.umask(old)
+    assert p.stat().st_mode & 0o777 == 0o644  # normal permissions, not mkstemp's 0600
 
 
 def test_state_round_trip_keeps_types(tmp_path):
