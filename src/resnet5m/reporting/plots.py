@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from resnet5m.io.atomic import atomic_path  # noqa: E402
 
@@ -57,6 +58,7 @@ def run_curves(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     for ax, name in ((a1, "loss"), (a2, "accuracy")):
         ax.ticklabel_format(useOffset=False, axis="y")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -77,6 +79,7 @@ def overlay_curves(series: dict[str, Sequence[dict[str, Any]]], path: Path, titl
         ax.ticklabel_format(useOffset=False, axis="y")
         ax.set_title(key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
