@@ -73,6 +73,12 @@ def test_evaluate_on_another_labeled_set(trained_run, cifar, tmp_path, capsys):
         acc = (model(cifar.test_images[:300].float() / 255).argmax(1) == cifar.test_labels[:300]).float().mean()
     assert result["modes"]["none"]["accuracy"] == pytest.approx(acc.item(), abs=1e-6)
     assert np.array(result["modes"]["none"]["confusion"]).sum() == 300
+    # the full CIFAR-10 layout given with --data: its test split
+    np.savez(tmp_path / "full.npz", x_train=x[:20], y_train=y[:20], x_test=x, y_test=y)
+    assert main(["evaluate", str(trained_run), "--data", str(tmp_path / "full.npz"), "--tta", "none",
+                 "--out", str(tmp_path / "ev2")]) == 0
+    full = json.loads((tmp_path / "ev2" / "evaluation.json").read_text())
+    assert full["modes"]["none"]["accuracy"] == result["modes"]["none"]["accuracy"]
     np.savez(tmp_path / "bad.npz", x=x, labels=y)
     assert main(["evaluate", str(trained_run), "--data", str(tmp_path / "bad.npz")]) == 2
     assert "expected x_train, y_train, x_test, y_test or one labeled set" in capsys.readouterr().err

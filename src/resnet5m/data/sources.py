@@ -55,28 +55,32 @@ def load_npz(path: Path) -> Cifar10:
     return from_arrays(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], str(path))
 
 
+def _split_of(data: Cifar10, split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    if split == "test":
+        return data.test_images, data.test_labels, data.source
+    return data.train_images, data.train_labels, data.source
+
+
 def load_labeled_set(path: str | os.PathLike[str] | None,
                      split: str = "test") -> tuple[torch.Tensor, torch.Tensor, str]:
     """(images NCHW uint8, labels, source) to evaluate on: a split of CIFAR-10 from any source, or an .npz
     holding a single labeled set under x_test/y_test, x/y or images/labels (uint8 HWC; e.g. CIFAR-10.1)."""
     p = Path(path).expanduser() if path is not None else None
-    if p is not None and p.suffix.lower() == ".npz" and p.is_file():
-        arrays = _read_npz(p)
-        if not all(k in arrays for k in NPZ_KEYS):
-            pair = next(((x, y) for x, y in SINGLE_SET_KEYS if x in arrays and y in arrays), None)
-            if pair is None:
-                raise UserError(f"{p}: keys {', '.join(sorted(arrays)) or 'none'}; expected {', '.join(NPZ_KEYS)} "
-                                f"or one labeled set ({', '.join('/'.join(k) for k in SINGLE_SET_KEYS)})")
-            if split != "test":
-                raise UserError(f"{p}: holds a single labeled set; --split {split} needs the full CIFAR-10")
-            x, y = arrays[pair[0]], arrays[pair[1]]
-            check_images(x, f"{p}: {pair[0]}")
-            labels = check_labels(y, len(x), f"{p}: {pair[1]}")
-            return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), str(p)
-    data = load_cifar10(path)
-    if split == "test":
-        return data.test_images, data.test_labels, data.source
-    return data.train_images, data.train_labels, data.source
+    if p is None or p.suffix.lower() != ".npz" or not p.is_file():
+        return _split_of(load_cifar10(path), split)
+    arrays = _read_npz(p)
+    if all(k in arrays for k in NPZ_KEYS):  # the full CIFAR-10 layout
+        return _split_of(from_arrays(*(arrays[k] for k in NPZ_KEYS), str(p)), split)
+    pair = next(((x, y) for x, y in SINGLE_SET_KEYS if x in arrays and y in arrays), None)
+    if pair is None:
+        raise UserError(f"{p}: keys {', '.join(sorted(arrays)) or 'none'}; expected {', '.join(NPZ_KEYS)} "
+                        f"or one labeled set ({', '.join('/'.join(k) for k in SINGLE_SET_KEYS)})")
+    if split != "test":
+        raise UserError(f"{p}: holds a single labeled set; --split {split} needs the full CIFAR-10")
+    x, y = arrays[pair[0]], arrays[pair[1]]
+    check_images(x, f"{p}: {pair[0]}")
+    labels = check_labels(y, len(x), f"{p}: {pair[1]}")
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), str(p)
 
 
 def _decode_batch(obj: object, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,7 @@
 
 Tensors go into a safetensors file; the structure around them (dicts with int or str keys,
 lists, tuples, numbers, strings, booleans, None) is stored as JSON in the file's metadata.
-Loading never executes code, unlike ``torch.load(weights_only=False)``.
+Loading never executes code (no pickle is involved anywhere).
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ class ResNet(nn.Module):
             self.train(was_training)
         if self.config.pool is not None and self.config.pool > feats.shape[-1]:
             raise UserError(f"pool {self.config.pool} is larger than the final feature map "
-                             f"({feats.shape[-1]}x{feats.shape[-1]})")
+                            f"({feats.shape[-1]}x{feats.shape[-1]})")
         return self._pool(feats).shape[1]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
