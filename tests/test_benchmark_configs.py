@@ -1,0 +1,45 @@
+"""The benchmark scripts' recipe overrides stay valid as the config schema evolves."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet5m.training.config import build_config
+from resnet5m.training.recipes import resolve_recipe
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def ablations():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("ablations")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_every_ablation_builds_and_changes_the_recipe(ablations) -> None:
+    base = build_config(resolve_recipe("fast"), ablations.LENGTH).model_dump()
+    assert base["train"]["epochs"] == 4.6 and base["eval"]["tta"] == "none"
+    seen = []
+    for name, (_, overrides) in ablations.VARIANTS.items():
+        cfg = build_config(resolve_recipe("fast"), ablations.LENGTH + overrides).model_dump()
+        if name == "baseline":
+            assert cfg == base
+        else:
+            assert cfg != base, name
+            assert cfg not in seen, f"{name} duplicates another variant"
+        seen.append(cfg)
+
+
+def test_sgd_ablation_keeps_the_recipe_bias_and_head_lr(ablations) -> None:
+    fast = build_config(resolve_recipe("fast"), ablations.LENGTH).optimizer
+    sgd = build_config(resolve_recipe("fast"), ablations.LENGTH + ablations.VARIANTS["sgd_not_muon"][1]).optimizer
+    assert sgd.name == "sgd" and sgd.nesterov
+    assert sgd.lr * sgd.bias_lr_scale == pytest.approx(fast.lr, rel=1e-3)
+    assert sgd.lr * sgd.head_lr_scale == pytest.approx(fast.lr * fast.head_lr_scale, rel=1e-3)
