@@ -270,8 +270,10 @@ class Trainer:
         if hasattr(self.model, "on_epoch_start"):
             self.model.on_epoch_start(epoch)
         acc = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "time": 0.0, "data_time": 0.0, **s.partial}
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
+        # Continue the interrupted epoch's float32 sums (exactly representable), so that a resumed epoch
+        # adds its losses in the same order and precision as an uninterrupted one.
+        loss_sum = torch.tensor(acc["loss_sum"], dtype=torch.float32, device=self.device)
+        correct = torch.tensor(acc["correct"], dtype=torch.float32, device=self.device)
         count = 0
         check_every = 1 if self.device.type == "cpu" else 25
         pending: list[tuple[int, torch.Tensor]] = []
@@ -340,8 +342,8 @@ class Trainer:
         finally:
             progress.close()
         elapsed = time.perf_counter() - t_start
-        acc["loss_sum"] += float(loss_sum)
-        acc["correct"] += float(correct)
+        acc["loss_sum"] = float(loss_sum)
+        acc["correct"] = float(correct)
         acc["count"] += count
         acc["time"] += elapsed
         acc["data_time"] += t_data
