@@ -251,3 +251,38 @@ def test_run_rejected_by_the_data_leaves_no_directory(tmp_path, capsys, data_env
     assert main(args) == 2
     assert "batch_size 512 exceeds the 100 training images" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "big-batch").exists()  # the same --name can be used again
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_over(cifar, tmp_path, capsys, data_env):
+    from resnet5m.training.config import config_to_yaml
+
+    cfg = build_config(str(write_cfg(tmp_path / "c.yaml", TINY, train__epochs=1)))
+    run = tmp_path / "early"
+    run.mkdir()
+    (run / "config.yaml").write_text(config_to_yaml(cfg))  # what a run killed during set-up leaves behind
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert "no checkpoint yet" in capsys.readouterr().out
+    assert (run / "results.json").exists() and len(read_metrics(run)) == 1
+
+
+def test_sigterm_requests_a_checkpointed_stop():
+    from resnet5m.training.engine import StopRequest
+
+    before = signal.getsignal(signal.SIGTERM)
+    stop = StopRequest()
+    with stop.installed():
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested  # the handler ran instead of terminating the process
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
+
+
+def test_wall_time_is_carried_across_a_resume(cifar, tmp_path):
+    cfg = build_config(str(write_cfg(tmp_path / "c.yaml", TINY, train__epochs=1)))
+    first = Trainer(cfg, cifar, tmp_path, out=lambda s: None, progress=False)
+    first.state.wall_time_s = 1000.0  # as if earlier processes had run for 1000 s
+    first.save_resume()
+    second = Trainer(cfg, cifar, tmp_path, out=lambda s: None, progress=False)
+    second.load_resume()
+    assert second.state.wall_time_s >= 1000.0
+    assert second.wall_time() >= second.state.wall_time_s

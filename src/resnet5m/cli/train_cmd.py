@@ -128,7 +128,7 @@ def run_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(f"resnet5m: {exc}")
         return 130
-    except UserError:
+    except (UserError, KeyboardInterrupt):
         discard_unstarted(run_dir)
         raise
     return 0
@@ -162,7 +162,11 @@ def _resume(run_dir: Path, args: argparse.Namespace, progress: bool) -> int:
         elif (run_dir / "results.json").exists():
             raise UserError(f"{run_dir}: this run already finished (results.json exists)")
         else:
-            train_run(cfg, data, run_dir, resume=True, progress=progress)
+            # killed before its first checkpoint: nothing to continue, so the run starts over in place
+            has_checkpoint = (run_dir / RESUME_FILE).exists()
+            if not has_checkpoint:
+                print(f"{run_dir}: no checkpoint yet ({RESUME_FILE}); starting the run over")
+            train_run(cfg, data, run_dir, resume=has_checkpoint, progress=progress)
     except TrainingInterrupted as exc:
         print(f"resnet5m: {exc}")
         return 130

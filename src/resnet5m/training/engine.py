@@ -155,6 +155,7 @@ class LoopState:
     best_epoch: int = -1
     epochs_since_best: int = 0
     train_time_s: float = 0.0
+    wall_time_s: float = 0.0  # wall time of earlier processes of this run, up to the checkpoint resumed from
     partial: dict[str, float] = field(default_factory=dict)  # accumulators of an interrupted epoch
     stopped_early: bool = False
 
@@ -177,6 +178,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, data: Cifar10, run_dir: Path, *, out: Printer = print,
                  progress: bool = True) -> None:
+        self.process_start = time.perf_counter()
         self.cfg, self.data, self.run_dir, self.out, self.show_progress = cfg, data, run_dir, out, progress
         self.device = resolve_device(cfg.device)
         if cfg.threads:
@@ -207,6 +209,10 @@ class Trainer:
         self.state = LoopState()
         self.stop = StopRequest()
 
+    def wall_time(self) -> float:
+        """Wall time of the whole run: earlier processes (up to their checkpoint) plus this one."""
+        return self.state.wall_time_s + time.perf_counter() - self.process_start
+
     # -- checkpoints --
 
     def save_resume(self) -> None:
@@ -214,7 +220,7 @@ class Trainer:
         save_state(self.run_dir / RESUME_FILE, {
             "format": 1, "epoch": s.epoch, "batch": s.batch, "step": s.step, "best_val_acc": s.best_val_acc,
             "best_epoch": s.best_epoch, "epochs_since_best": s.epochs_since_best, "train_time_s": s.train_time_s,
-            "partial": dict(s.partial), "model": self.model.state_dict(),
+            "wall_time_s": self.wall_time(), "partial": dict(s.partial), "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedule": self.schedule.state_dict(), "average": self.average.state_dict() if self.average else None,
             "scaler": self.scaler.state_dict() if self.scaler else None, "rng": _rng_state(self.device),
@@ -236,7 +242,7 @@ class Trainer:
         self.state = LoopState(epoch=st["epoch"], batch=st["batch"], step=st["step"],
                                best_val_acc=st["best_val_acc"], best_epoch=st["best_epoch"],
                                epochs_since_best=st["epochs_since_best"], train_time_s=st["train_time_s"],
-                               partial=dict(st["partial"]))
+                               wall_time_s=st.get("wall_time_s", 0.0), partial=dict(st["partial"]))
         self.metrics.load(completed_epochs=self.state.epoch)
 
     def eval_model(self) -> nn.Module:
@@ -429,7 +435,7 @@ def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
 
 # --- the end of a run --------------------------------------------------------------------------------
 
-def final_evaluation(trainer: Trainer, wall_start: float) -> dict[str, Any]:
+def final_evaluation(trainer: Trainer) -> dict[str, Any]:
     """Evaluate the selected checkpoint once on the test set; write and return results.json."""
     cfg, s, data = trainer.cfg, trainer.state, trainer.data
     model, info = load_trained_model(trainer.run_dir / "best.safetensors", trainer.device)
@@ -457,7 +463,7 @@ def final_evaluation(trainer: Trainer, wall_start: float) -> dict[str, Any]:
         "train_acc": selected.get("train_acc"), "train_loss": selected.get("train_loss"),
         "epochs": s.epoch, "epochs_planned": cfg.train.epochs, "steps": s.step, "stopped_early": s.stopped_early,
         "train_time_s": s.train_time_s, "eval_time_s": t_plain, "tta_time_s": t_tta,
-        "wall_time_s": time.perf_counter() - wall_start,
+        "wall_time_s": trainer.wall_time(),
         "per_class_accuracy": tta.per_class_accuracy, "confusion": tta.confusion,
         "device": str(trainer.device), "device_name": _device_name(trainer.device), "torch": torch.__version__,
         "resnet5m": __version__, "train_images": len(trainer.splits.train_y), "val_images": len(trainer.splits.val_y),
@@ -475,7 +481,6 @@ def _device_name(device: torch.device) -> str:
 def train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, *, resume: bool = False, out: Printer = print,
               progress: bool = True) -> dict[str, Any]:
     """Train (or resume) one run in ``run_dir`` and evaluate it on the test set at the end."""
-    wall_start = time.perf_counter()
     if not resume:
         atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
     trainer = Trainer(cfg, data, run_dir, out=out, progress=progress)
@@ -485,7 +490,7 @@ def train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, *, resume: bool = Fa
         f"({trainer.dtype}), {len(trainer.splits.train_y)} train / {len(trainer.splits.val_y)} val images, "
         f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps")
     trainer.fit(resume=resume)
-    results = final_evaluation(trainer, wall_start)
+    results = final_evaluation(trainer)
     tta = f" (TTA {results['tta']}; {results['test_acc_no_tta']:.4f} without)" if results["tta"] != "none" else ""
     best = f"best val acc {results['best_val_acc']:.4f} (epoch {results['selected_epoch']}), " \
         if results["best_val_acc"] is not None else f"selected last epoch {results['selected_epoch']}, "
