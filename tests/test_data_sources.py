@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
 import pickle
 import tarfile
 import threading
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import build_official_tarball
+from resnet5m.data import download as download_mod
 from resnet5m.data import load_cifar10, load_path
 from resnet5m.data.download import EXTRACTED_NAME, download, fetch_cifar10, safe_extract
 from resnet5m.errors import UserError
@@ -59,6 +61,7 @@ def test_resolution_order_explicit_then_env_then_cache(tiny_tarball, tmp_path, m
     cache = tmp_path / "cache"
     cache.mkdir(exist_ok=True)
     (cache / "cifar-10-python.tar.gz").write_bytes(path.read_bytes())
+    monkeypatch.setattr(download_mod, "CIFAR10_MD5", hashlib.md5(path.read_bytes()).hexdigest())
     assert_matches(load_cifar10(download=False), batches)
 
 
@@ -289,3 +292,63 @@ def test_cached_tarball_with_wrong_md5_is_refetched(tiny_tarball, tmp_path):
     finally:
         server.close()
 
+
+
+# --- a tarball already in the cache dir is verified too (once, remembered in a marker) ---------------
+
+@pytest.fixture
+def cached(tiny_tarball, tmp_path, monkeypatch):
+    """The tiny archive as the official file: its MD5 patched in, no RESNET5M_DATA, an empty cache dir."""
+    path, batches = tiny_tarball
+    body = path.read_bytes()
+    monkeypatch.delenv("RESNET5M_DATA", raising=False)
+    monkeypatch.setattr(download_mod, "CIFAR10_MD5", hashlib.md5(body).hexdigest())
+    cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)
+    return cache / "cifar-10-python.tar.gz", body, batches
+
+
+def test_cached_tarball_with_wrong_md5_and_download_off_is_refused(cached):
+    tarball, body, _ = cached
+    tarball.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))  # one flipped bit: still opens, wrong MD5
+    with pytest.raises(UserError) as err:
+        load_cifar10(download=False)
+    msg = str(err.value)
+    assert "\n" not in msg and str(tarball) in msg and "MD5 mismatch" in msg
+    assert hashlib.md5(tarball.read_bytes()).hexdigest() in msg and download_mod.CIFAR10_MD5 in msg
+    assert not (tarball.parent / "cifar-10-python.tar.gz.md5-ok").exists()
+
+
+def test_cached_tarball_with_wrong_md5_is_downloaded_again(cached, monkeypatch):
+    tarball, body, batches = cached
+    tarball.write_bytes(b"stale junk from an older, interrupted tool")
+    server = _Server(body)
+    monkeypatch.setattr(download_mod, "CIFAR10_URL", server.url)
+    try:
+        assert_matches(load_cifar10(progress=False), batches)
+        assert server.hits == 1 and tarball.read_bytes() == body
+    finally:
+        server.close()
+    assert (tarball.parent / "cifar-10-python.tar.gz.md5-ok").is_file()
+
+
+def test_cached_tarball_md5_is_computed_once_and_rechecked_after_a_change(cached, monkeypatch):
+    tarball, body, batches = cached
+    tarball.write_bytes(body)
+    hashed = []
+    real_md5 = download_mod.file_md5
+    monkeypatch.setattr(download_mod, "file_md5", lambda p: hashed.append(p) or real_md5(p))
+    assert_matches(load_cifar10(download=False), batches)
+    assert len(hashed) == 1
+    marker = tarball.parent / "cifar-10-python.tar.gz.md5-ok"
+    assert marker.is_file() and not list(tarball.parent.glob(".*.tmp"))
+    assert_matches(load_cifar10(download=False), batches)
+    assert len(hashed) == 1  # the marker spared the second hash
+    # the file changes after it was verified (same size, new bytes): the marker no longer vouches for it
+    before = tarball.stat().st_mtime_ns
+    tarball.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))
+    if tarball.stat().st_mtime_ns == before:  # a coarse filesystem clock: make the change visible
+        os.utime(tarball, ns=(before, before + 10_000_000))
+    with pytest.raises(UserError, match="MD5 mismatch"):
+        load_cifar10(download=False)
+    assert len(hashed) == 2 and not marker.exists()

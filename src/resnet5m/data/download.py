@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tarfile
@@ -14,12 +16,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from resnet5m.errors import UserError
-from resnet5m.io.atomic import atomic_path
+from resnet5m.io.atomic import atomic_path, atomic_write_text
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 TARBALL_NAME = "cifar-10-python.tar.gz"
 EXTRACTED_NAME = "cifar-10-batches-py"
+MD5_OK_SUFFIX = ".md5-ok"  # marker beside a verified file: hashing 170 MB on every run is not free
 
 
 def file_md5(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -99,16 +102,69 @@ def safe_extract(tarball: str | os.PathLike[str], target_dir: str | os.PathLike[
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def fetch_cifar10(cache_dir: str | os.PathLike[str], url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
+def _stamp(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def md5_marker(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + MD5_OK_SUFFIX)
+
+
+def _mark_verified(path: Path, md5: str) -> None:
+    atomic_write_text(md5_marker(path), json.dumps({"md5": md5, **_stamp(path)}) + "\n")
+
+
+def verified_md5(path: str | os.PathLike[str], md5: str) -> str | None:
+    """None when ``path`` has MD5 ``md5``, else the MD5 it has.
+
+    A match is remembered in a ``.md5-ok`` marker beside the file (written atomically), valid while the
+    file keeps its size and modification time, so the hash is computed once, not on every run.
+    """
+    path = Path(path)
+    marker = md5_marker(path)
+    try:
+        if json.loads(marker.read_text()) == {"md5": md5, **_stamp(path)}:
+            return None
+    except (OSError, ValueError):
+        pass  # no marker, unreadable, or stale: hash the file
+    got = file_md5(path)
+    if got != md5:
+        marker.unlink(missing_ok=True)
+        return got
+    with contextlib.suppress(OSError):  # a read-only cache still works, it just hashes again next time
+        _mark_verified(path, md5)
+    return None
+
+
+def cached_tarball(cache_dir: str | os.PathLike[str], *, allow_download: bool = True, url: str | None = None,
+                   md5: str | None = None, progress: bool = True) -> Path:
+    """The verified ``cifar-10-python.tar.gz`` in ``cache_dir``, downloading it when missing or when the cached
+    copy has the wrong MD5 (``allow_download``); otherwise a bad copy is a one-line error."""
+    url = url or CIFAR10_URL  # read at call time, so that tests can point the module at a local server
+    md5 = md5 or CIFAR10_MD5
+    tarball = Path(cache_dir) / TARBALL_NAME
+    if tarball.exists():
+        got = verified_md5(tarball, md5)
+        if got is None:
+            return tarball
+        if not allow_download:
+            raise UserError(f"{tarball}: MD5 mismatch (got {got}, expected {md5}); the cached copy is damaged or "
+                            "not the official file: delete it, or allow the download to replace it")
+        tarball.unlink()  # a stale or foreign file: fetch again
+    elif not allow_download:
+        raise UserError(f"{tarball}: not found and download is off")
+    download(url, tarball, md5, progress=progress)
+    _mark_verified(tarball, md5)  # download() checked the MD5 while streaming
+    return tarball
+
+
+def fetch_cifar10(cache_dir: str | os.PathLike[str], url: str | None = None, md5: str | None = None,
                   progress: bool = True) -> Path:
     """Make sure ``cache_dir`` holds a verified, extracted CIFAR-10 and return the extracted folder."""
     cache_dir = Path(cache_dir)
     extracted = cache_dir / EXTRACTED_NAME
     if extracted.is_dir():
         return extracted
-    tarball = cache_dir / TARBALL_NAME
-    if tarball.exists() and file_md5(tarball) != md5:
-        tarball.unlink()  # a stale or foreign file: fetch again
-    if not tarball.exists():
-        download(url, tarball, md5, progress=progress)
-    return safe_extract(tarball, cache_dir)
+    return safe_extract(cached_tarball(cache_dir, url=url, md5=md5, progress=progress), cache_dir)

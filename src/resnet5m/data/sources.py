@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from resnet5m.data.cifar10 import Cifar10, check_images, check_labels, from_arrays
-from resnet5m.data.download import EXTRACTED_NAME, TARBALL_NAME, fetch_cifar10
+from resnet5m.data.download import EXTRACTED_NAME, TARBALL_NAME, cached_tarball, fetch_cifar10
 from resnet5m.errors import UserError
 from resnet5m.io.safe_pickle import restricted_load
 
@@ -165,9 +165,11 @@ def load_cifar10(path: str | os.PathLike[str] | None = None, *, download: bool =
             raise UserError(f"RESNET5M_DATA={env}: no such file or directory")
         return load_path(env)
     cache = cache_dir()
-    for candidate in (cache / "cifar10.npz", cache / EXTRACTED_NAME, cache / TARBALL_NAME):
+    for candidate in (cache / "cifar10.npz", cache / EXTRACTED_NAME):
         if candidate.exists():
             return load_path(candidate)
+    if (cache / TARBALL_NAME).exists():  # verified (MD5, remembered) and re-downloaded if bad and allowed
+        return load_tarball(cached_tarball(cache, allow_download=download, progress=progress))
     if not download:
         raise UserError(f"CIFAR-10 not found (no --data, no RESNET5M_DATA, nothing in {cache}) and download is off")
     return load_batches_dir(fetch_cifar10(cache, progress=progress))
