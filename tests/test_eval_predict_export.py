@@ -124,6 +124,34 @@ def test_predict_writes_the_course_csv(trained_run, cifar, tmp_path):
     assert [int(r[1]) for r in r1[1:]] == expected and all(0 <= int(r[1]) <= 9 for r in r1[1:])
 
 
+def test_evaluate_and_predict_run_a_channels_last_model(tmp_path, monkeypatch):
+    """The inputs are channels_last, so the model must be too (not an NCHW model converting every conv)."""
+    from resnet5m.cli import eval_cmd
+    from resnet5m.evaluation import evaluate
+    from resnet5m.models import build_model, parse_model_config
+    from resnet5m.models.weights import save_weights
+
+    model = build_model(parse_model_config(TINY["model"]))
+    save_weights(tmp_path / "w.safetensors", model)
+    x = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "set.npz", x=x, y=np.arange(20) % 10)
+    np.save(tmp_path / "inputs.npy", x)
+    seen = []
+
+    def spy(model, images, **kw):
+        seen.append(all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.ndim == 4))
+        return predict_logits(model, images, **kw)
+
+    monkeypatch.setattr(evaluate, "predict_logits", spy)
+    monkeypatch.setattr(eval_cmd, "predict_logits", spy)
+    assert main(["evaluate", str(tmp_path / "w.safetensors"), "--data", str(tmp_path / "set.npz"), "--tta", "none",
+                 "--device", "cpu", "--out", str(tmp_path / "ev")]) == 0
+    assert main(["predict", str(tmp_path / "w.safetensors"), str(tmp_path / "inputs.npy"), "-o",
+                 str(tmp_path / "p.csv"), "--tta", "none", "--device", "cpu"]) == 0
+    assert seen == [True, True]
+    assert len(list(csv.reader((tmp_path / "p.csv").open()))) == 21
+
+
 def test_predict_bad_input_writes_nothing(trained_run, tmp_path):
     (tmp_path / "bad.pkl").write_bytes(pickle.dumps({b"data": np.zeros((3, 3072), np.float64)}))
     out = tmp_path / "pred.csv"

@@ -57,9 +57,16 @@ def _default_out(model_arg: str, name: str) -> Path:
     return (p if p.is_dir() else p.parent) / name
 
 
+def _inference_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The trained model in channels_last memory format, matching the channels_last inputs that
+    ``predict_logits`` feeds it (as training does), instead of converting layouts in every conv."""
+    model, info = load_trained_model(path, device)
+    return model.to(memory_format=torch.channels_last), info
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    model, info = load_trained_model(args.model, device)
+    model, info = _inference_model(args.model, device)
     images, labels, source = load_labeled_set(args.data, args.split)
     modes = list(TTA_MODES) if args.tta == "all" else [args.tta]
     result = evaluate_model(model, images, labels, tta_modes=modes, batch_size=args.batch_size, device=device)
@@ -83,7 +90,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     inputs = load_inputs(args.input)  # validate the input before loading the model
-    model, info = load_trained_model(args.model, device)
+    model, info = _inference_model(args.model, device)
     logits = predict_logits(model, inputs.images, batch_size=args.batch_size, tta=args.tta, device=device)
     probs = torch.softmax(logits, 1)
     if Path(args.input).is_file() and Path(args.input).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp",
