@@ -231,7 +231,7 @@ def test_micro_study_end_to_end_with_report(tmp_path, data_env):
     sgd = next(r for r in rows if r["variant"] == "sgd")
     assert float(sgd["test_acc_mean"]) == pytest.approx((r0["test_acc"] + r1["test_acc"]) / 2, rel=1e-5)
     assert float(sgd["test_acc_std"]) == pytest.approx(abs(r0["test_acc"] - r1["test_acc"]) / 2 ** 0.5, rel=1e-4)
-    assert sgd["shortened"] == "shortened: epochs=2, train_subset=1000"
+    assert sgd["shortened"] == "shortened: epochs=2 of 3, train_subset=1000"
     md = (rep / "results.md").read_text()
     assert "± " in md and "| sgd |" in md and "| adam |" in md
     html = (rep / "report.html").read_text()
@@ -242,6 +242,38 @@ def test_micro_study_end_to_end_with_report(tmp_path, data_env):
     assert main(["study", str(study), "--runs-dir", str(tmp_path / "runs"), "--epochs", "2",
                  "--train-subset", "1000", "--no-progress"]) == 0
     assert (root / "sgd" / "seed0" / "results.json").stat().st_mtime_ns == before
+
+
+def test_study_marks_shortened_variants_whichever_way_they_were_shortened(tmp_path, monkeypatch):
+    """--set train.epochs / data.train_subset / data.val_size shorten a variant as much as --epochs does; the
+    note, like train's, gives the variant's own recipe value."""
+    from resnet5m.training import study as study_mod
+
+    trained = {}
+    monkeypatch.setattr(study_mod, "load_cifar10", lambda path: None)
+    monkeypatch.setattr(study_mod, "train_seeds", lambda cfg, data, root, seeds, **kw: trained.update({root.name: cfg}))
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**TINY, "data": {}, "train": {"epochs": 100}}))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"name": "s", "base": "base.yaml", "variants": {
+        "plain": {}, "short": {"train": {"epochs": 4}}, "lr": {"optimizer": {"lr": 0.01}}}}))
+
+    def notes(runs, **kw):
+        trained.clear()
+        root = study_mod.run_study(str(tmp_path / "s.yaml"), tmp_path / runs, progress=False, out=lambda *_: None,
+                                   **kw)
+        on_disk = {v: yaml.safe_load((root / v / "config.yaml").read_text())["shortened"] for v in trained}
+        assert on_disk == {v: cfg.shortened for v, cfg in trained.items()}
+        return on_disk
+
+    assert notes("full") == {"plain": None, "short": None, "lr": None}  # variants' own lengths are not shortening
+    assert notes("set", overrides=["train.epochs=2", "data.train_subset=3000", "data.val_size=2000"]) == {
+        "plain": "shortened: epochs=2 of 100, train_subset=3000, val_size=2000 of 5000",
+        "short": "shortened: epochs=2 of 4, train_subset=3000, val_size=2000 of 5000",
+        "lr": "shortened: epochs=2 of 100, train_subset=3000, val_size=2000 of 5000"}
+    assert notes("flags", epochs=3, train_subset=1000) == {
+        "plain": "shortened: epochs=3 of 100, train_subset=1000",
+        "short": "shortened: epochs=3 of 4, train_subset=1000",
+        "lr": "shortened: epochs=3 of 100, train_subset=1000"}
+    assert notes("lr-only", overrides=["optimizer.lr=0.2"]) == {"plain": None, "short": None, "lr": None}
 
 
 def test_report_errors(tmp_path):

@@ -280,11 +280,13 @@ def config_to_yaml(cfg: RunConfig) -> str:
 
 
 def shortening_note(recipe: RunConfig, cfg: RunConfig) -> str | None:
-    """'shortened: epochs=2 of 300, train_subset=5000' when ``cfg`` trains less than its recipe, so that
-    reports never pass a quick run off as the recipe."""
+    """'shortened: epochs=2 of 300, train_subset=5000, val_size=2000 of 5000' when ``cfg`` trains less than its
+    recipe or on a different split, so that reports never pass a quick run off as the recipe."""
     notes = []
     if cfg.train.epochs < recipe.train.epochs:
         notes.append(f"epochs={cfg.train.epochs:g} of {recipe.train.epochs:g}")
     if cfg.data.train_subset is not None and cfg.data.train_subset != recipe.data.train_subset:
         notes.append(f"train_subset={cfg.data.train_subset}")
+    if cfg.data.val_size != recipe.data.val_size:
+        notes.append(f"val_size={cfg.data.val_size} of {recipe.data.val_size}")
     return ("shortened: " + ", ".join(notes)) if notes else None

@@ -8,8 +8,9 @@
       adam-lr0.005: {optimizer: {name: adam}}
 
 Finished variant/seed runs are skipped and interrupted ones resumed, so re-running a study
-continues it. Quick versions shorten every variant (``--epochs``, ``--train-subset``), and the
-shortening is recorded in each run's config so reports can say so.
+continues it. Quick versions shorten every variant (``--epochs``, ``--train-subset``, or ``--set`` of
+train.epochs, data.train_subset, data.val_size), and the shortening is recorded in each run's config,
+against the variant's own recipe ("epochs=2 of 100"), so reports can say so.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from resnet5m.data.sources import load_cifar10
 from resnet5m.errors import UserError
 from resnet5m.io.atomic import atomic_write_text
-from resnet5m.training.config import RunConfig, apply_overrides, deep_merge, load_config_file, validate_config
+from resnet5m.training.config import (
+    RunConfig,
+    apply_overrides,
+    deep_merge,
+    load_config_file,
+    shortening_note,
+    validate_config,
+)
 from resnet5m.training.engine import Printer
 from resnet5m.training.recipes import resolve_recipe
 from resnet5m.training.rundir import write_json
@@ -64,23 +72,28 @@ def _base_path(study: StudyConfig, study_file: Path) -> str:
     return resolve_recipe(study.base)
 
 
-def variant_configs(study: StudyConfig, study_file: Path, overrides: list[str],
-                    shortened: str | None) -> dict[str, RunConfig]:
+def variant_configs(study: StudyConfig, study_file: Path, overrides: list[str]) -> dict[str, RunConfig]:
+    """Each variant's run config: base + variant changes + ``overrides``. A variant the overrides make
+    shorter than its own unmodified config (epochs, train_subset, val_size, however they were given) is
+    marked ``shortened`` with the same note ``train`` writes, e.g. 'shortened: epochs=2 of 100'."""
     base = load_config_file(_base_path(study, study_file))
     out = {}
     for name, changes in study.variants.items():
         if isinstance(base.get("model"), str) and isinstance(changes.get("model"), dict):
             changes = {**changes, "model": {"preset": base["model"], **changes["model"]}}  # tweak the preset
+        where = f"{study_file} variant {name}"
         data = deep_merge(base, changes)
-        data = apply_overrides(data, overrides)
         data["name"] = f"{study.name}-{name}"
-        if shortened:
-            data["shortened"] = shortened
-        out[name] = validate_config(data, where=f"{study_file} variant {name}")
+        unmodified = validate_config(data, where=where)
+        cfg = validate_config(apply_overrides(data, overrides), where=where)
+        note = shortening_note(unmodified, cfg)
+        out[name] = cfg.model_copy(update={"shortened": note}) if note and not cfg.shortened else cfg
     return out
 
 
 def shortening_overrides(epochs: float | None, train_subset: int | None) -> tuple[list[str], str | None]:
+    """The ``--set`` assignments for ``--epochs``/``--train-subset``, and a summary of them (kept in
+    study.json to tell whether a re-run continues the same study; runs carry their own notes)."""
     sets, notes = [], []
     if epochs is not None:
         sets.append(f"train.epochs={epochs}")
@@ -96,7 +109,7 @@ def run_study(study_path: str, runs_dir: str | Path, *, epochs: float | None = N
               out: Printer = print, progress: bool = True) -> Path:
     study, study_file = load_study(study_path)
     sets, note = shortening_overrides(epochs, train_subset)
-    configs = variant_configs(study, study_file, [*sets, *(overrides or [])], note)
+    configs = variant_configs(study, study_file, [*sets, *(overrides or [])])
     seeds = seeds or study.seeds
     root = Path(runs_dir) / study.name
     root.mkdir(parents=True, exist_ok=True)
