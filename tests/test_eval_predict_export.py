@@ -276,6 +276,37 @@ def test_study_marks_shortened_variants_whichever_way_they_were_shortened(tmp_pa
     assert notes("lr-only", overrides=["optimizer.lr=0.2"]) == {"plain": None, "short": None, "lr": None}
 
 
+def _fake_run(path, best_val_acc, test_acc):
+    path.mkdir(parents=True)
+    rows = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.3 * e,
+             "val_loss": None if best_val_acc is None else 2.1 / e,
+             "val_acc": None if best_val_acc is None else best_val_acc * e / 2} for e in (1, 2)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    confusion = (np.eye(10, dtype=int) * 90 + 1).tolist()
+    (path / "results.json").write_text(json.dumps({
+        "params": 1234, "epochs": 2, "train_acc": 0.6, "train_loss": 1.0, "test_acc": test_acc, "test_loss": 1.1,
+        "best_val_acc": best_val_acc, "wall_time_s": 10.0, "confusion": confusion}))
+    return path
+
+
+@pytest.mark.parametrize("runs, best, criterion", [
+    # the best validation accuracy wins even when another run has the better test accuracy
+    ({"a": (0.60, 0.50), "b": (0.50, 0.70)}, "a", "best validation accuracy"),
+    # runs without a validation split are not candidates while any run has one
+    ({"a": (None, 0.90), "b": (0.40, 0.30)}, "b", "best validation accuracy"),
+    # only when no run has a validation split does test accuracy decide, and the report says so
+    ({"a": (None, 0.50), "b": (None, 0.70)}, "b", "test accuracy (no run has a validation split)"),
+])
+def test_report_picks_the_best_run_without_looking_at_the_test_set(tmp_path, runs, best, criterion):
+    from resnet5m.reporting.report import build_report
+
+    dirs = [_fake_run(tmp_path / name, *accs) for name, accs in runs.items()]
+    out = build_report(dirs, tmp_path / "rep")
+    line = f"chosen by {criterion}: {best} ("
+    assert line in (out / "results.md").read_text()
+    assert line in (out / "report.html").read_text()
+
+
 def test_report_errors(tmp_path):
     with pytest.raises(SystemExit):
         main(["report"])

@@ -138,6 +138,33 @@ def csv_table(entries: list[Entry]) -> str:
     return buf.getvalue()
 
 
+# --- the best run -------------------------------------------------------------------------------------
+
+VAL_CRITERION = "best validation accuracy"
+TEST_CRITERION = "test accuracy (no run has a validation split)"
+
+
+def select_best(entries: list[Entry]) -> tuple[Entry, Path, dict[str, Any], str]:
+    """The run whose confusion matrix the report shows, and the criterion it was chosen by.
+
+    Selection never looks at the test set while any run has a validation split: the highest
+    ``best_val_acc`` wins (runs without a split are not candidates). Only when no run has one does it
+    fall back to test accuracy, and the returned criterion says so.
+    """
+    runs = [(e, d, r) for e in entries for d, r in zip(e.runs, e.results)]
+    with_val = [t for t in runs if t[2].get("best_val_acc") is not None]
+    if with_val:
+        return (*max(with_val, key=lambda t: t[2]["best_val_acc"]), VAL_CRITERION)
+    return (*max(runs, key=lambda t: t[2]["test_acc"]), TEST_CRITERION)
+
+
+def _best_line(best: dict[str, Any]) -> str:
+    val = f"best validation accuracy {best['best_val_acc'] * 100:.2f}%, " \
+        if best.get("best_val_acc") is not None else ""
+    return (f"best run, chosen by {best['criterion']}: {best['run']} ({val}test accuracy "
+            f"{best['test_acc'] * 100:.2f}%, test loss {best['test_loss']:.4f})")
+
+
 # --- the report folder --------------------------------------------------------------------------------
 
 def _img(path: Path) -> str:
@@ -149,7 +176,11 @@ def build_report(paths: list[str | Path], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     (out / "curves").mkdir(parents=True, exist_ok=True)
     rows = table_rows(entries)
-    atomic_write_text(out / "results.md", f"# {title}\n\n" + markdown_table(rows))
+    best_entry, best_dir, best_run, criterion = select_best(entries)
+    best_label = best_entry.name if len(best_entry.runs) == 1 else f"{best_entry.name} / {best_dir.name}"
+    best = {**best_run, "run": best_label, "criterion": criterion}
+    atomic_write_text(out / "results.md", f"# {title}\n\n" + markdown_table(rows)
+                      + f"\nConfusion matrix (`confusion_best.png`) of the {_best_line(best)}.\n")
     atomic_write_text(out / "results.csv", csv_table(entries))
 
     per_run: list[tuple[str, Path]] = []
@@ -163,13 +194,10 @@ def build_report(paths: list[str | Path], out_dir: str | Path) -> Path:
             first_seed[e.name] = read_metrics(e.runs[0])
     overlay = overlay_curves(first_seed, out / "curves_overlay.png", f"{title}: all variants (first seed)")
 
-    best_entry, best_dir, best_run = max(((e, d, r) for e in entries for d, r in zip(e.runs, e.results)),
-                                         key=lambda t: t[2]["test_acc"])
-    best_label = best_entry.name if len(best_entry.runs) == 1 else f"{best_entry.name} / {best_dir.name}"
+    by = "val acc" if criterion == VAL_CRITERION else "test acc, no validation split"
     confusion = confusion_heatmap(best_run["confusion"], CLASSES, out / "confusion_best.png",
-                                  f"best run: {best_label} (test acc {best_run['test_acc'] * 100:.2f}%)")
-    atomic_write_text(out / "report.html", render_html(title, rows, entries, overlay, per_run, confusion,
-                                                       {**best_run, "run": best_label}))
+                                  f"best run by {by}: {best_label} (test acc {best_run['test_acc'] * 100:.2f}%)")
+    atomic_write_text(out / "report.html", render_html(title, rows, entries, overlay, per_run, confusion, best))
     return out
 
 
@@ -215,7 +243,7 @@ several exist · model selection on the validation split, test set evaluated onc
 <h2>Training curves, all variants</h2>
 <figure><img src="{_img(overlay)}" alt="overlaid curves"></figure>
 <h2>Confusion matrix of the best run</h2>
-<p>{esc(best['run'])}: test accuracy {best['test_acc'] * 100:.2f}%, test loss {best['test_loss']:.4f}.</p>
+<p>{esc(_best_line(best)[0].upper() + _best_line(best)[1:])}.</p>
 <figure><img src="{_img(confusion)}" alt="confusion matrix" style="max-width:640px"></figure>
 <h2>Per-run curves</h2>
 {curves}
