@@ -89,7 +89,7 @@ def warm_up(cfg, data, device) -> float:
     return time.perf_counter() - t0
 
 
-def run_seed(cfg, data, seed: int) -> dict:
+def run_seed(cfg, data, seed: int, keep: Path | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"tta-bench-{seed}-"))
     try:
         seed_cfg = cfg.model_copy(update={"seed": seed})
@@ -108,6 +108,9 @@ def run_seed(cfg, data, seed: int) -> dict:
         tta = evaluate_logits(predict_logits(model, data.test_images, tta=cfg.eval.tta, **kw), data.test_labels) \
             if cfg.eval.tta != "none" else plain
         t3 = time.perf_counter()
+        if keep is not None:  # the trained weights, for later evaluation (e.g. `resnet5m evaluate`)
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(tmp / "last.safetensors", keep / f"seed{seed}.safetensors")
         flops = training_flops(trainer)
         train_s = trainer.state.train_time_s + init_s
         return {"seed": seed, "test_acc": tta.accuracy, "test_acc_no_tta": plain.accuracy, "train_s": train_s,
@@ -133,6 +136,7 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--label", default=None, help="name for the JSON file (default: time_to_accuracy_<config>)")
     p.add_argument("--out")
+    p.add_argument("--keep-weights", type=Path, metavar="DIR", help="copy each seed's trained weights here")
     args = p.parse_args()
     tune_glibc_malloc()
     cfg = build_config(resolve_recipe(args.config), args.overrides)
@@ -144,7 +148,7 @@ def main() -> None:
     macs = mult_adds_per_image(build_model(cfg.model))
     rows, results = [], []
     for seed in args.seeds:
-        r = run_seed(cfg, data, seed)
+        r = run_seed(cfg, data, seed, args.keep_weights)
         r["fraction_of_peak"] = r["train_flops"] / r["loop_s"] / peak
         results.append(r)
         rows.append([seed, f"{r['test_acc'] * 100:.2f}", f"{r['test_acc_no_tta'] * 100:.2f}", f"{r['train_s']:.1f}",
