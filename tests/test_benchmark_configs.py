@@ -25,7 +25,7 @@ def ablations():
 
 def test_every_ablation_builds_and_changes_the_recipe(ablations) -> None:
     base = build_config(resolve_recipe("fast"), ablations.LENGTH).model_dump()
-    assert base["train"]["epochs"] == 4.6 and base["eval"]["tta"] == "none"
+    assert base["train"]["epochs"] == 4.6 and base["eval"]["tta"] == "none" and base["train"]["batch_size"] == 2000
     seen = []
     for name, (_, overrides) in ablations.VARIANTS.items():
         cfg = build_config(resolve_recipe("fast"), ablations.LENGTH + overrides).model_dump()
