@@ -5,8 +5,9 @@
     python benchmarks/ablations.py --table-only    # just tabulate results/ablation_*.json
 
 Every variant is the fast recipe at its 10-minute length (4.6 epochs, 24 px crops for the first 3) and
-at batch 2,000 (the default when the recorded results in BENCHMARKS.md were measured), seed 0, without test-time augmentation, trained by `time_to_accuracy.py` (same clock, same JSON), with
-the overrides listed below. The table gives each variant's test accuracy and training time and the
+at batch 2,000 (the default when the recorded results in BENCHMARKS.md were measured), seed 0, without
+test-time augmentation, trained by `time_to_accuracy.py` (same clock, same JSON), with the overrides
+listed below. The table gives each variant's test accuracy and training time and the
 difference to the baseline row. One seed per row: differences under ~0.3 points are within noise.
 """
 

@@ -209,7 +209,8 @@ def render_html(title: str, rows: list[dict[str, str]], entries: list[Entry], ov
     short_rows = [{**r, "note": r["note"].replace(r["note"].split(";")[0], "shortened")
                    if r["note"].startswith("shortened") else r["note"]} for r in rows]
     body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r.values()) + "</tr>" for r in short_rows)
-    shortened = sorted({e.config["shortened"].removeprefix("shortened: ") for e in entries if e.config.get("shortened")})
+    shortened = sorted({e.config["shortened"].removeprefix("shortened: ")
+                        for e in entries if e.config.get("shortened")})
     warn = (f'<p class="warn">Shortened runs ({esc(", ".join(shortened))}): numbers are from quick versions, '
             "not the full recipes, and are not comparable to the original reports.</p>") if shortened else ""
     curves = "".join(f'<figure><img src="{_img(p)}" alt="{esc(label)}"><figcaption>{esc(label)}</figcaption>'
