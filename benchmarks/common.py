@@ -1,8 +1,7 @@
-"""Shared helpers for the benchmark scripts: machine description, peak FLOP/s, JSON output."""
+"""Shared helpers for the benchmark scripts: machine description, peak FLOP/s, JSON output, timed steps."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -11,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from resnet5m.io.rundir import write_json as write_json_file
+from resnet5m.training.loop import StepParts, train_step
+from resnet5m.training.losses import make_loss
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,11 +68,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def write_json(name: str, data: dict[str, Any], out: str | None = None) -> Path:
-    path = Path(out) if out else RESULTS / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` to ``path`` atomically, as strict JSON."""
+    write_json_file(Path(path), data)
+    return Path(path)
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:
@@ -83,10 +85,10 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
 
 def timed_steps(model: torch.nn.Module, opts: list, batches, steps: int, warmup: int, device: torch.device,
                 prepare) -> dict[str, float]:
-    """Time ``steps`` training steps after ``warmup`` untimed ones. ``prepare(batch) -> (x, y)`` moves and
-    finishes a batch; its time counts as data time. Returns images/s and the data share of step time."""
-    from resnet5m.training.losses import classification_loss
-
+    """Time ``steps`` training steps (the package's own ``train_step``) after ``warmup`` untimed ones.
+    ``prepare(batch) -> (x, y)`` moves and finishes a batch; its time counts as data time. Returns
+    images/s and the data share of step time."""
+    parts = StepParts(model=model, optimizers=opts, loss=make_loss(0.0), device=device)
     total = data_time = 0.0
     images = 0
     it = iter(batches)
@@ -96,12 +98,7 @@ def timed_steps(model: torch.nn.Module, opts: list, batches, steps: int, warmup:
         x, y = prepare(next(it))
         sync(device)
         t1 = time.perf_counter()
-        loss = classification_loss(model(x), y)
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
-            o.step()
+        train_step(parts, i, x, y)
         sync(device)
         if i >= warmup:
             total += time.perf_counter() - t0

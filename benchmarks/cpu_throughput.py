@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from common import machine, print_table, timed_steps, write_json
+from common import RESULTS, machine, print_table, timed_steps, write_json
 from resnet5m.data import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, BatchLoader, build_augment, load_cifar10
 from resnet5m.models import build_model
 from resnet5m.runtime import resolve_device, tune_glibc_malloc
@@ -105,8 +105,9 @@ def main() -> None:
           f"{info['cpu'] if device.type == 'cpu' else info.get('gpu')}, {info['threads']} threads, torch "
           f"{info['torch']}")
     print_table(["pipeline", "img/s", "data share", "vs baseline"], rows)
-    path = write_json("cpu_throughput", {"machine": info, "batch_size": args.batch_size, "results": results,
-                                         "ratio": list(results.values())[0]["images_per_s"] / base}, args.out)
+    path = write_json(args.out or RESULTS / "throughput" / "cpu_throughput.json",
+                      {"machine": info, "batch_size": args.batch_size, "results": results,
+                       "ratio": list(results.values())[0]["images_per_s"] / base})
     print(f"\nwrote {path}")
 
 

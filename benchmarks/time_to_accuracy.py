@@ -1,10 +1,18 @@
 """Time to accuracy of a recipe (default: the fast recipe) over several seeds.
 
-    python benchmarks/time_to_accuracy.py [--config fast] [--seeds 0,1,2] [--set KEY=VALUE ...]
+    python benchmarks/time_to_accuracy.py [--config fast] [--seeds 100,101,102] [--set KEY=VALUE ...]
+    python benchmarks/time_to_accuracy.py --merge A.json B.json --out C.json   # combine runs made apart
 
-For each seed it trains on all 50,000 training images (the recipe has no validation split and takes
-its last epoch: no test-set selection), then evaluates once on the 10,000 test images, with and
-without the recipe's test-time augmentation.
+For each seed it trains the recipe, then evaluates the trained model once, with and without the
+recipe's test-time augmentation. Where it evaluates depends on the recipe's split:
+- ``data.val_size: 0`` (the recipes as shipped): trained on all 50,000 training images, scored on
+  the 10,000 test images. Use fresh seeds that no tuning run used.
+- ``data.val_size > 0`` (tuning, e.g. ``--set data.val_size=5000``): trained on the rest, scored on
+  the held-out stratified validation split; the test set is not touched.
+
+The JSON is rewritten after every seed (a cut loses one run, not all); running the same command
+again skips the seeds already in it. Each seed's entry records the machine (CPU model), date and
+commit it ran on.
 
 What the clock includes: `train_s` is the wall time of the training loop (batch gathering and
 augmentation, forward, backward, optimizer, weight averaging) plus the per-run model set-up
@@ -17,52 +25,42 @@ evaluation, which is reported separately (`eval_s`, `tta_s`).
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from common import machine, measure_peak_flops, print_table, sync, write_json
+from common import RESULTS, machine, measure_peak_flops, print_table, sync, write_json
 from resnet5m.cli.common import int_list
 from resnet5m.data import load_cifar10
-from resnet5m.evaluation.inference import predict_logits
-from resnet5m.evaluation.metrics import evaluate_logits
+from resnet5m.evaluation import final_evaluation, predict_logits
 from resnet5m.models import build_model
 from resnet5m.models.summary import mult_adds_per_image
-from resnet5m.reporting.aggregate import mean_std
 from resnet5m.runtime import resolve_device, tune_glibc_malloc
-from resnet5m.training.config import build_config
-from resnet5m.training.engine import Trainer
+from resnet5m.training import Trainer
+from resnet5m.training.config import RunConfig, build_config
+from resnet5m.training.loop import train_step
 from resnet5m.training.recipes import resolve_recipe
-
-
-def macs_at(model_cfg, size: int) -> int:
-    from torchinfo import summary
-
-    return int(summary(build_model(model_cfg), input_size=(1, 3, size, size), verbose=0, device="cpu",
-                       mode="eval").total_mult_adds)
+from resnet5m.util.stats import mean_std, std_error
 
 
 def training_flops(trainer: Trainer) -> float:
-    """Forward + backward ~= 3 x forward = 6 FLOPs per multiply-add, summed over the epochs' crop sizes."""
-    cfg = trainer.cfg
-    images_per_epoch = trainer.steps_per_epoch * cfg.train.batch_size
-    steps_left, total = trainer.total_steps, 0.0
-    cache: dict[int, int] = {}
-    for epoch in range(trainer.epochs):
-        size = trainer.crop_size(epoch) or 32
-        if size not in cache:
-            cache[size] = macs_at(cfg.model, size)
-        steps = min(trainer.steps_per_epoch, steps_left)
-        steps_left -= steps
-        total += 6.0 * cache[size] * steps * cfg.train.batch_size
-    return total if images_per_epoch else math.nan
+    """Forward + backward ~= 3 x forward = 6 FLOPs per multiply-add, summed over the steps' crop sizes."""
+    cfg, macs = trainer.cfg, {}
+    total = 0.0
+    for step in range(trainer.total_steps):
+        size = trainer.crop_size(step) or 32
+        if size not in macs:
+            macs[size] = mult_adds_per_image(build_model(cfg.model), size)
+        total += 6.0 * macs[size] * cfg.train.batch_size
+    return total
 
 
-def warm_up(cfg, data, device) -> float:
+def warm_up(cfg: RunConfig, data) -> float:
     """Untimed: a few steps of a throwaway model at every input size the run will use, so kernel
     selection, allocator growth and (with --compile) compilation happen before the clock starts."""
     t0 = time.perf_counter()
@@ -70,113 +68,139 @@ def warm_up(cfg, data, device) -> float:
     try:
         trainer = Trainer(cfg.model_copy(update={"seed": 12345}), data, tmp, out=lambda s: None, progress=False)
         sizes = sorted({stage.size for stage in cfg.train.resolution_schedule} | {32})
-        steps = 2 if device.type == "cpu" else 10
+        steps = 2 if trainer.device.type == "cpu" else 10
+        y = torch.zeros(cfg.train.batch_size, dtype=torch.long, device=trainer.device)
         for size in sizes:
             for _ in range(steps):
                 x = torch.rand(cfg.train.batch_size, 3, size, size, device=trainer.device)
-                x = x.contiguous(memory_format=torch.channels_last)
-                loss = trainer.forward_model(x).float().logsumexp(1).mean()
-                for opt in trainer.optimizers:
-                    opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for opt in trainer.optimizers:
-                    opt.step()
+                train_step(trainer.parts, 0, x.contiguous(memory_format=torch.channels_last), y)
         predict_logits(trainer.model, data.test_images[:2000], device=trainer.device,
-                       batch_size=cfg.train.eval_batch_size)
+                       batch_size=cfg.train.eval_batch_size, dtype=trainer.dtype)
         sync(trainer.device)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return time.perf_counter() - t0
 
 
-def run_seed(cfg, data, seed: int, keep: Path | None = None) -> dict:
+def run_seed(cfg: RunConfig, data, seed: int, keep: Path | None = None) -> dict[str, Any]:
+    """Train ``cfg`` for ``seed`` and score it once: on the test set, or on the validation split when the
+    recipe holds one out (tuning never sees the test set)."""
     tmp = Path(tempfile.mkdtemp(prefix=f"tta-bench-{seed}-"))
     try:
         seed_cfg = cfg.model_copy(update={"seed": seed})
+        info = machine(resolve_device(cfg.device))
         t0 = time.perf_counter()
         trainer = Trainer(seed_cfg, data, tmp, out=lambda s: None, progress=False)
         sync(trainer.device)
         init_s = time.perf_counter() - t0
         trainer.fit()
         sync(trainer.device)
-        model = trainer.eval_model()
-        kw = dict(batch_size=cfg.train.eval_batch_size, device=trainer.device, channels_last=cfg.channels_last,
-                  autocast_dtype=trainer.dtype if trainer.dtype != torch.float32 else None)
-        t1 = time.perf_counter()
-        plain = evaluate_logits(predict_logits(model, data.test_images, **kw), data.test_labels)
-        t2 = time.perf_counter()
-        tta = evaluate_logits(predict_logits(model, data.test_images, tta=cfg.eval.tta, **kw), data.test_labels) \
-            if cfg.eval.tta != "none" else plain
-        t3 = time.perf_counter()
+        on_val = cfg.data.val_size > 0
+        images, labels = (trainer.splits.val_x, trainer.splits.val_y) if on_val else \
+            (data.test_images, data.test_labels)
+        r = final_evaluation(trainer.eval_model(), images, labels, tta=cfg.eval.tta,
+                             batch_size=cfg.train.eval_batch_size, device=trainer.device,
+                             channels_last=cfg.channels_last, dtype=trainer.dtype)
         if keep is not None:  # the trained weights, for later evaluation (e.g. `resnet5m evaluate`)
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copy2(tmp / "last.safetensors", keep / f"seed{seed}.safetensors")
-        flops = training_flops(trainer)
-        train_s = trainer.state.train_time_s + init_s
-        return {"seed": seed, "test_acc": tta.accuracy, "test_acc_no_tta": plain.accuracy, "train_s": train_s,
-                "loop_s": trainer.state.train_time_s, "init_s": init_s, "eval_s": t2 - t1, "tta_s": t3 - t2,
-                "images": trainer.state.step * cfg.train.batch_size, "epochs": trainer.state.epoch,
-                "images_per_s": trainer.state.step * cfg.train.batch_size / trainer.state.train_time_s,
-                "train_flops": flops, "data_share": _data_share(trainer)}
+        s, rows = trainer.state, trainer.metrics.rows
+        return {"seed": seed, "scored_on": "validation" if on_val else "test", "acc": r["test_acc"],
+                "acc_no_tta": r["test_acc_no_tta"], "train_s": s.train_time_s + init_s, "loop_s": s.train_time_s,
+                "init_s": init_s, "eval_s": r["eval_time_s"], "tta_s": r["tta_time_s"],
+                "images": s.step * cfg.train.batch_size, "epochs": s.epoch,
+                "images_per_s": s.step * cfg.train.batch_size / s.train_time_s, "train_flops": training_flops(trainer),
+                "data_share": sum(x["data_share"] * x["time_s"] for x in rows) / sum(x["time_s"] for x in rows),
+                "curve": [{k: x[k] for k in ("epoch", "train_loss", "train_acc", "time_s")} for x in rows],
+                "machine": info}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _data_share(trainer: Trainer) -> float | None:
-    rows = trainer.metrics.rows
-    if not rows:
-        return None
-    return sum(r["data_share"] * r["time_s"] for r in rows) / sum(r["time_s"] for r in rows)
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": len(results), "scored_on": sorted({r["scored_on"] for r in results})}
+    for key in ("acc", "acc_no_tta", "train_s", "tta_s"):
+        m, s, n = mean_std(r[key] for r in results)
+        out[key] = {"mean": m, "std": s, "se": std_error(s, n)}
+    return out
+
+
+def report(doc: dict[str, Any]) -> None:
+    results = doc["results"]
+    where = " and ".join(doc["summary"]["scored_on"])
+    rows = [[r["seed"], f"{r['acc'] * 100:.2f}", f"{r['acc_no_tta'] * 100:.2f}", f"{r['train_s']:.1f}",
+             f"{r['tta_s']:.1f}", f"{r['images_per_s']:.0f}", f"{r['data_share'] * 100:.1f}%",
+             f"{r['train_flops'] / r['loop_s'] / doc['peak_flops'] * 100:.0f}%", r["machine"]["cpu"][:24],
+             r["machine"]["date"][:10], r["machine"]["commit"]] for r in results]
+    print_table(["seed", f"{where} acc % (TTA)", "no TTA %", "train s", "TTA s", "img/s", "aug share", "% of peak",
+                 "cpu", "date", "commit"], rows)
+    s = doc["summary"]
+    print(f"\nmean ± std (standard error) over {s['n']} seeds, scored on {where}: "
+          f"{s['acc']['mean'] * 100:.2f} ± {s['acc']['std'] * 100:.2f} ({s['acc']['se'] * 100:.2f}) % with TTA, "
+          f"{s['acc_no_tta']['mean'] * 100:.2f} ± {s['acc_no_tta']['std'] * 100:.2f} % without; training "
+          f"{s['train_s']['mean']:.1f} ± {s['train_s']['std']:.1f} s, TTA {s['tta_s']['mean']:.1f} s")
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    docs = [json.loads(p.read_text()) for p in paths]
+    configs = {json.dumps(d["config"], sort_keys=True) for d in docs}
+    if len(configs) != 1:
+        raise SystemExit("error: the files were made with different configs; not merging")
+    results = [r for d in docs for r in d["results"]]
+    seeds = [r["seed"] for r in results]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: a seed appears twice ({seeds}); not merging")
+    doc = {**docs[0], "results": results, "summary": summarize(results),
+           "merged_from": [str(p) for p in paths], "overrides": [d["overrides"] for d in docs]}
+    print(f"wrote {write_json(out, doc)}")
+    report(doc)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="fast")
-    p.add_argument("--seeds", type=int_list, default=[0, 1, 2])
+    p.add_argument("--seeds", type=int_list, default=[100, 101, 102])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--label", default=None, help="name for the JSON file (default: time_to_accuracy_<config>)")
-    p.add_argument("--out")
+    p.add_argument("--out", type=Path, help="JSON path (default: results/recipe/time_to_accuracy_<config>.json)")
     p.add_argument("--keep-weights", type=Path, metavar="DIR", help="copy each seed's trained weights here")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="combine these result files into --out")
     args = p.parse_args()
+    if args.merge:
+        if not args.out:
+            raise SystemExit("error: --merge needs --out")
+        return merge(args.merge, args.out)
     tune_glibc_malloc()
     cfg = build_config(resolve_recipe(args.config), args.overrides)
+    out = args.out or RESULTS / "recipe" / f"time_to_accuracy_{Path(args.config).stem}.json"
     data = load_cifar10(cfg.data.path)
     device = resolve_device(cfg.device)
-    info = machine(device)  # before training: the commit that runs, not the one at the end
-    peak = measure_peak_flops(device, dtype=torch.float32 if device.type == "cpu" else torch.bfloat16)
-    warmup_s = warm_up(cfg, data, device)
-    macs = mult_adds_per_image(build_model(cfg.model))
-    rows, results = [], []
+    doc = {"machine": machine(device), "config": cfg.model_dump(mode="json"), "overrides": args.overrides,
+           "mult_adds_per_image": mult_adds_per_image(build_model(cfg.model)),
+           "clock": "training loop + per-run model set-up incl. whitening init; excludes data loading, one-off "
+                    "warm-up/compile, checkpoints, evaluation", "results": []}
+    if out.exists():  # continue an interrupted benchmark of the same config
+        old = json.loads(out.read_text())
+        if old["config"] != doc["config"]:
+            raise SystemExit(f"error: {out} holds results of a different config; choose another --out")
+        doc["results"] = old["results"]
+    done = {r["seed"] for r in doc["results"]}
+    doc["peak_flops"] = measure_peak_flops(device, dtype=torch.float32 if device.type == "cpu" else torch.bfloat16)
+    doc["warmup_s"] = warm_up(cfg, data)
     for seed in args.seeds:
+        if seed in done:
+            print(f"  seed {seed}: already in {out}, skipped")
+            continue
         r = run_seed(cfg, data, seed, args.keep_weights)
-        r["fraction_of_peak"] = r["train_flops"] / r["loop_s"] / peak
-        results.append(r)
-        rows.append([seed, f"{r['test_acc'] * 100:.2f}", f"{r['test_acc_no_tta'] * 100:.2f}", f"{r['train_s']:.1f}",
-                     f"{r['tta_s']:.1f}", f"{r['images_per_s']:.0f}",
-                     f"{(r['data_share'] or 0) * 100:.1f}%", f"{r['fraction_of_peak'] * 100:.0f}%"])
-        print(f"  seed {seed}: {r['test_acc'] * 100:.2f}% in {r['train_s']:.1f}s", flush=True)
-    acc = mean_std(r["test_acc"] for r in results)
-    acc0 = mean_std(r["test_acc_no_tta"] for r in results)
-    tim = mean_std(r["train_s"] for r in results)
+        doc["results"].append(r)
+        doc["summary"] = summarize(doc["results"])
+        write_json(out, doc)
+        print(f"  seed {seed}: {r['acc'] * 100:.2f}% ({r['scored_on']}) in {r['train_s']:.1f}s", flush=True)
+    info = doc["machine"]
     print(f"\n{args.config} recipe on {info.get('gpu') or info['cpu']} ({device}, {info['threads']} threads), "
-          f"torch {info['torch']}, commit {info['commit']}")
-    print(f"model: {macs / 1e6:.1f}M multiply-adds per 32x32 image; training FLOPs per run: "
-          f"{results[0]['train_flops'] / 1e12:.1f} TFLOP; measured peak ({'fp32' if device.type == 'cpu' else 'bf16'}"
-          f" matmul): {peak / 1e9:.0f} GFLOP/s")
-    print(f"clock: training loop + model set-up/whitening; excludes dataset loading, warm-up ({warmup_s:.1f}s, "
-          f"once), checkpoints and evaluation (reported separately)\n")
-    print_table(["seed", "test acc % (TTA)", "no TTA %", "train s", "TTA eval s", "img/s", "aug share",
-                 "% of peak"], rows)
-    print(f"\nmean ± std over {len(results)} seeds: {acc[0] * 100:.2f} ± {acc[1] * 100:.2f} % "
-          f"(without TTA {acc0[0] * 100:.2f} ± {acc0[1] * 100:.2f} %), training {tim[0]:.1f} ± {tim[1]:.1f} s")
-    path = write_json(args.label or f"time_to_accuracy_{Path(args.config).stem}", {
-        "machine": info, "config": cfg.model_dump(mode="json"), "overrides": args.overrides,
-        "mult_adds_per_image": macs, "peak_flops": peak, "warmup_s": warmup_s,
-        "clock": "training loop + per-run model set-up incl. whitening init; excludes data loading, one-off "
-                 "warm-up/compile, checkpoints, evaluation", "results": results,
-        "summary": {"test_acc_mean": acc[0], "test_acc_std": acc[1], "test_acc_no_tta_mean": acc0[0],
-                    "train_s_mean": tim[0], "train_s_std": tim[1], "n": len(results)}}, args.out)
-    print(f"wrote {path}")
+          f"torch {info['torch']}; {doc['mult_adds_per_image'] / 1e6:.1f}M multiply-adds per 32x32 image; "
+          f"measured peak {doc['peak_flops'] / 1e9:.0f} GFLOP/s; warm-up {doc['warmup_s']:.1f}s (once)\n")
+    report(doc)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from common import machine, print_table, timed_steps, write_json
+from common import RESULTS, machine, print_table, timed_steps, write_json
 from resnet5m.data import AugmentConfig, BatchLoader, build_augment, load_cifar10
 from resnet5m.models import PRESETS, build_model, count_parameters
 from resnet5m.models.summary import mult_adds_per_image
@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", help="JSON path (default benchmarks/results/train_throughput.json)")
+    p.add_argument("--out", help="JSON path (default benchmarks/results/throughput/train_throughput.json)")
     args = p.parse_args()
     tune_glibc_malloc()
     device = resolve_device(args.device)
@@ -58,8 +58,8 @@ def main() -> None:
     print(f"\ntraining throughput, batch {args.batch_size}, fp32, channels_last, {info['threads']} threads, "
           f"{info['cpu'] if device.type == 'cpu' else info.get('gpu')}, torch {info['torch']}")
     print_table(["model", "params", "MACs/img", "img/s", "min/epoch", "GFLOP/s", "aug share"], rows)
-    path = write_json("train_throughput", {"machine": info, "batch_size": args.batch_size, "steps": args.steps,
-                                           "results": results}, args.out)
+    path = write_json(args.out or RESULTS / "throughput" / "train_throughput.json",
+                      {"machine": info, "batch_size": args.batch_size, "steps": args.steps, "results": results})
     print(f"\nwrote {path}")
 
 

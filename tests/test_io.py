@@ -1,4 +1,4 @@
-"""Atomic writes, code-free state files, the restricted unpickler."""
+"""Atomic writes, checkpoints loaded without running code, the restricted unpickler."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from resnet5m.errors import UserError
 from resnet5m.io import atomic_path, atomic_write_text, restricted_load
-from resnet5m.io.state import load_state, save_state
+from resnet5m.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_atomic_write_replaces_or_keeps(tmp_path):
@@ -30,29 +30,57 @@ def test_atomic_write_replaces_or_keeps(tmp_path):
     assert p.stat().st_mode & 0o777 == 0o644  # normal permissions, not mkstemp's 0600
 
 
-def test_state_round_trip_keeps_types(tmp_path):
+def _checkpoint() -> dict:
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    state = {"opt": opt.state_dict(), "rng": torch.get_rng_state(), "epoch": 3, "t": (1, 2.5, None, "x"),
-             "flags": [True, False], "dtype": torch.float32}
-    save_state(tmp_path / "s.safetensors", state)
-    back = load_state(tmp_path / "s.safetensors")
-    assert back["epoch"] == 3 and back["t"] == (1, 2.5, None, "x") and back["dtype"] is torch.float32
-    assert torch.equal(back["rng"], state["rng"])
-    assert 0 in back["opt"]["state"]  # int keys survive
-    opt2 = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    opt2.load_state_dict(back["opt"])
-    buf = opt.state_dict()["state"][0]["momentum_buffer"]
-    assert torch.equal(opt2.state_dict()["state"][0]["momentum_buffer"], buf)
+    return {"loop": {"epoch": 3, "partial": {"loss_sum": 1.5}}, "model": model.state_dict(),
+            "optimizers": [opt.state_dict()], "schedule": {"plateau": None}, "average": None, "scaler": {},
+            "rng": {"torch": torch.get_rng_state()}}
 
 
-def test_damaged_state_file(tmp_path):
-    p = tmp_path / "s.safetensors"
-    p.write_bytes(b"garbage")
-    with pytest.raises(UserError, match="unreadable state file"):
-        load_state(p)
+def test_checkpoint_round_trip(tmp_path):
+    state = _checkpoint()
+    save_checkpoint(tmp_path / "resume.pt", state)
+    back = load_checkpoint(tmp_path / "resume.pt")
+    assert back["loop"] == state["loop"] and torch.equal(back["rng"]["torch"], state["rng"]["torch"])
+    assert 0 in back["optimizers"][0]["state"]  # int keys survive
+    buf = state["optimizers"][0]["state"][0]["momentum_buffer"]
+    assert torch.equal(back["optimizers"][0]["state"][0]["momentum_buffer"], buf)
+    assert [p.name for p in tmp_path.iterdir()] == ["resume.pt"]  # written atomically, no leftovers
+
+
+def test_checkpoint_loading_runs_no_code(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": 2, "x": Evil()}, tmp_path / "resume.pt")
+    with pytest.raises(UserError, match="unreadable checkpoint"):
+        load_checkpoint(tmp_path / "resume.pt")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"garbage", "unreadable checkpoint"),
+    (None, "not a resnet5m checkpoint"),
+    ("missing", r"damaged checkpoint \(missing rng\)"),
+])
+def test_damaged_checkpoint_is_one_line(tmp_path, content, message):
+    p = tmp_path / "resume.pt"
+    if content is None:
+        torch.save({"format": 99}, p)
+    elif content == "missing":
+        state = _checkpoint()
+        del state["rng"]
+        save_checkpoint(p, state)
+    else:
+        p.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        load_checkpoint(p)
 
 
 def test_restricted_unpickler_admits_arrays_and_refuses_code(tmp_path):

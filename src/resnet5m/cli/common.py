@@ -7,6 +7,8 @@ from typing import Any
 
 from resnet5m.errors import UserError
 from resnet5m.models.budget import DEFAULT_BUDGET
+from resnet5m.models.resnet import ResNetConfig
+from resnet5m.util.validation import choices
 
 
 def int_list(text: str) -> list[int]:
@@ -28,7 +30,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--strides", type=int_list, help="stride per stage, e.g. 1,2,2,2")
     g.add_argument("--stem-channels", type=int, help="stem width (default: first stage's)")
     g.add_argument("--pool", type=int, help="final average-pool kernel P (default: global)")
-    g.add_argument("--activation", choices=["relu", "gelu", "silu"])
+    g.add_argument("--activation", choices=choices(ResNetConfig, "activation"))
     g.add_argument("--se-ratio", type=int, help="squeeze-and-excitation reduction ratio")
     g.add_argument("--dropout", type=float, help="dropout before the classifier")
     g.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="trainable-parameter budget (default 5M)")

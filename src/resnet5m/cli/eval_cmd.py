@@ -30,7 +30,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split of --data (default test)")
     p.add_argument("--tta", choices=[*TTA_MODES, "all"], default="all",
                    help="test-time augmentation to report besides none (default: all)")
-    p.add_argument("--out", help="output folder (default: RUN/evaluation or next to the weights)")
+    p.add_argument("-o", "--output", "--out", dest="output",
+                   help="output folder (default: RUN/evaluation or next to the weights)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=1000)
     p.set_defaults(func=run_evaluate)
@@ -72,7 +73,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_model(model, images, labels, tta_modes=modes, batch_size=args.batch_size, device=device)
     result["reported_mode"] = modes[-1] if args.tta != "all" else "flip_translate"
     result.update(weights=info["weights_path"], data=source, split=args.split)
-    out = Path(args.out) if args.out else _default_out(args.model, "evaluation")
+    out = Path(args.output) if args.output else _default_out(args.model, "evaluation")
     out.mkdir(parents=True, exist_ok=True)
     best = result["modes"][result["reported_mode"]]
     atomic_write_text(out / "evaluation.json", json.dumps(result, indent=2) + "\n")

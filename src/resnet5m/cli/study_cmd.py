@@ -7,7 +7,7 @@ from pathlib import Path
 
 from resnet5m.cli.common import int_list
 from resnet5m.reporting.report import build_report
-from resnet5m.training.engine import TrainingInterrupted
+from resnet5m.training.checkpoint import TrainingInterrupted
 from resnet5m.training.study import run_study
 
 
@@ -24,7 +24,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help="tables, curves, confusion matrix and report.html for runs or a study")
     p.add_argument("paths", nargs="+", metavar="RUN_OR_STUDY")
-    p.add_argument("-o", "--out", help="output folder (default: <first path>/report)")
+    p.add_argument("-o", "--output", "--out", dest="output", help="output folder (default: <first path>/report)")
     p.set_defaults(func=run_report_cmd)
 
 
@@ -41,7 +41,7 @@ def run_study_cmd(args: argparse.Namespace) -> int:
 
 
 def run_report_cmd(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
+    out = Path(args.output) if args.output else Path(args.paths[0]) / "report"
     build_report(args.paths, out)
     print(f"wrote {out}/results.md, results.csv, curves/, curves_overlay.png, confusion_best.png, report.html")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,21 +10,24 @@ from typing import Any
 from resnet5m.cli.common import add_model_arguments, int_list, model_overrides
 from resnet5m.data.sources import load_cifar10
 from resnet5m.errors import UserError
-from resnet5m.io.atomic import atomic_write_text
+from resnet5m.evaluation.inference import TTA_MODES
+from resnet5m.io import rundir
 from resnet5m.models.budget import check_budget
 from resnet5m.models.registry import build_model, resolve_model_config
+from resnet5m.training.checkpoint import TrainingInterrupted
 from resnet5m.training.config import (
+    OptimizerConfig,
     RunConfig,
+    ScheduleConfig,
     build_config,
     config_to_yaml,
     load_config_file,
     shortening_note,
     validate_config,
 )
-from resnet5m.training.engine import RESUME_FILE, TrainingInterrupted, train_run
 from resnet5m.training.recipes import DEFAULT_RECIPE, STANDARD_RECIPE, list_recipes, resolve_recipe
-from resnet5m.training.rundir import new_run_dir, write_json
-from resnet5m.training.seeds import train_seeds
+from resnet5m.training.run import train_run, train_seeds
+from resnet5m.util.validation import choices
 
 # flag -> dotted config key
 _FLAG_KEYS = {
@@ -57,11 +59,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--epochs", type=float)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
-    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "adadelta", "adagrad", "rmsprop", "muon"])
+    g.add_argument("--optimizer", choices=choices(OptimizerConfig, "name"))
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--momentum", type=float)
-    g.add_argument("--schedule", choices=["constant", "step", "multistep", "cosine", "cosine_restarts", "plateau",
-                                          "onecycle", "linear"])
+    g.add_argument("--schedule", choices=choices(ScheduleConfig, "name"))
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--seed", type=int)
@@ -69,8 +70,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--train-subset", type=int, help="train on a stratified subset of this many images")
     g.add_argument("--data", help="CIFAR-10 path (.npz, tarball or extracted folder)")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    g.add_argument("--tta", choices=["none", "flip", "flip_translate"], help="test-time augmentation at the end")
+    g.add_argument("--precision", choices=choices(RunConfig, "precision"))
+    g.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation at the end")
     g.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     g.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -102,8 +103,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     # trains with the conventional one instead
     recipe = args.config or (STANDARD_RECIPE if (args.model or overrides) else DEFAULT_RECIPE)
     config_path = resolve_recipe(recipe)
-    if args.model or overrides:
-        base = args.model or load_config_file(config_path).get("model") or DEFAULT_RECIPE
+    if args.model or overrides:  # --model replaces the recipe's model; flags change it
+        base = args.model or build_config(config_path).model
         extra["model"] = resolve_model_config(base, overrides).model_dump(mode="json")
     cfg = build_config(config_path, args.overrides, extra)
     note = shortening_note(build_config(config_path, [], {}), cfg)
@@ -117,11 +118,11 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_budget(build_model(cfg.model), cfg.budget, cfg.allow_over_budget, name=f"model ({cfg.model.family})")
     data = load_cifar10(cfg.data.path, download=cfg.data.download)
-    run_dir = new_run_dir(args.runs_dir, cfg.name)
+    run_dir = rundir.new_run_dir(args.runs_dir, cfg.name)
     try:
         if args.seeds:
-            atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
-            write_json(run_dir / "seeds.json", {"seeds": args.seeds})
+            rundir.write_config(run_dir, config_to_yaml(cfg))
+            rundir.write_seeds(run_dir, args.seeds)
             train_seeds(cfg, data, run_dir, args.seeds, progress=progress)
         else:
             train_run(cfg, data, run_dir, progress=progress)
@@ -137,7 +138,7 @@ def run_train(args: argparse.Namespace) -> int:
 def discard_unstarted(run_dir: Path) -> None:
     """A run rejected before its first step (e.g. batch larger than the data, no such device) leaves no
     directory behind, so the same --name can be used again."""
-    if not any(p.name in ("metrics.jsonl", RESUME_FILE) for p in run_dir.rglob("*")):
+    if not rundir.has_started(run_dir):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -149,24 +150,20 @@ def _resume(run_dir: Path, args: argparse.Namespace, progress: bool) -> int:
     given += (["--set"] if args.overrides else []) + (["--seeds"] if args.seeds else [])
     if given:
         raise UserError(f"--resume continues a run with its saved config; drop {', '.join(given)}")
-    cfg_file = run_dir / "config.yaml"
+    cfg_file = run_dir / rundir.CONFIG
     if not cfg_file.is_file():
-        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+        raise UserError(f"{run_dir}: not a run directory (no {rundir.CONFIG})")
     cfg = validate_config(load_config_file(cfg_file), where=str(cfg_file))
     cfg = cfg.model_copy(update={k: getattr(args, k) for k in runtime if getattr(args, k) is not None})
+    multi = (run_dir / rundir.SEEDS).is_file()
+    if not multi and rundir.status(run_dir) == "finished":
+        raise UserError(f"{run_dir}: this run already finished ({rundir.RESULTS} exists)")
     data = load_cifar10(cfg.data.path, download=cfg.data.download)
-    seeds_file = run_dir / "seeds.json"
     try:
-        if seeds_file.is_file():
-            train_seeds(cfg, data, run_dir, json.loads(seeds_file.read_text())["seeds"], progress=progress)
-        elif (run_dir / "results.json").exists():
-            raise UserError(f"{run_dir}: this run already finished (results.json exists)")
+        if multi:
+            train_seeds(cfg, data, run_dir, rundir.read_seeds(run_dir), progress=progress)
         else:
-            # killed before its first checkpoint: nothing to continue, so the run starts over in place
-            has_checkpoint = (run_dir / RESUME_FILE).exists()
-            if not has_checkpoint:
-                print(f"{run_dir}: no checkpoint yet ({RESUME_FILE}); starting the run over")
-            train_run(cfg, data, run_dir, resume=has_checkpoint, progress=progress)
+            train_run(cfg, data, run_dir, progress=progress)
     except TrainingInterrupted as exc:
         print(f"resnet5m: {exc}")
         return 130

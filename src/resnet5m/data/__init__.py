@@ -9,12 +9,12 @@ from resnet5m.data.cifar10 import (
     REFERENCE_PROJECTS_STD,
     Cifar10,
 )
-from resnet5m.data.loader import Batch, BatchLoader, to_float
+from resnet5m.data.loader import Batch, BatchLoader
 from resnet5m.data.sources import cache_dir, load_cifar10, load_path
 from resnet5m.data.split import stratified_split
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "CLASSES", "NUM_CLASSES", "REFERENCE_PROJECTS_STD",
     "AugContext", "AugmentConfig", "Batch", "BatchLoader", "Cifar10", "build_augment", "cache_dir",
-    "load_cifar10", "load_path", "stratified_split", "to_float",
+    "load_cifar10", "load_path", "stratified_split",
 ]

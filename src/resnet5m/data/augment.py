@@ -16,9 +16,10 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from resnet5m.data.cifar10 import CIFAR10_MEAN
+from resnet5m.util.validation import StrictModel
 
 
 @dataclass
@@ -206,17 +207,13 @@ def cutout(x: torch.Tensor, ctx: AugContext, size: int = 8, p: float = 1.0,
 
 # --- configuration ------------------------------------------------------------------------------
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CropConfig(_Strict):
+class CropConfig(StrictModel):
     padding: int = Field(4, ge=0, le=16)
     mode: str = Field("reflect", pattern="^(reflect|zero)$")
     size: int | None = Field(None, ge=8, le=64, description="crop size; default = image size")
 
 
-class ResizedCropConfig(_Strict):
+class ResizedCropConfig(StrictModel):
     scale: tuple[float, float] = (0.35, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
@@ -228,26 +225,26 @@ class ResizedCropConfig(_Strict):
         return v
 
 
-class RotationConfig(_Strict):
+class RotationConfig(StrictModel):
     degrees: float = Field(15.0, ge=0, le=180)
     p: float = Field(1.0, ge=0, le=1)
 
 
-class TranslateConfig(_Strict):
+class TranslateConfig(StrictModel):
     fraction: float = Field(0.1, ge=0, le=0.5)
     p: float = Field(1.0, ge=0, le=1)
 
 
-class FlipConfig(_Strict):
+class FlipConfig(StrictModel):
     mode: str = Field("random", pattern="^(random|alternating)$")
     p: float = Field(0.5, ge=0, le=1)
 
 
-class VFlipConfig(_Strict):
+class VFlipConfig(StrictModel):
     p: float = Field(0.5, ge=0, le=1)
 
 
-class ColorJitterConfig(_Strict):
+class ColorJitterConfig(StrictModel):
     brightness: float = Field(0.2, ge=0, le=1)
     contrast: float = Field(0.2, ge=0, le=1)
     saturation: float = Field(0.2, ge=0, le=1)
@@ -255,7 +252,7 @@ class ColorJitterConfig(_Strict):
     p: float = Field(1.0, ge=0, le=1)
 
 
-class BlurConfig(_Strict):
+class BlurConfig(StrictModel):
     kernel_size: int = Field(3, ge=3, le=9)
     sigma: tuple[float, float] = (0.1, 2.0)
     p: float = Field(0.5, ge=0, le=1)
@@ -268,12 +265,12 @@ class BlurConfig(_Strict):
         return v
 
 
-class CutoutConfig(_Strict):
+class CutoutConfig(StrictModel):
     size: int = Field(8, ge=1, le=32)
     p: float = Field(1.0, ge=0, le=1)
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictModel):
     """Which transforms run (``null`` = off) and their parameters; applied in the order listed."""
 
     resized_crop: ResizedCropConfig | None = None

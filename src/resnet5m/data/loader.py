@@ -4,7 +4,7 @@ so an epoch can be replayed from any batch: this is what makes resume exact."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -17,11 +17,7 @@ class Batch(NamedTuple):
     images: torch.Tensor  # float (N, 3, H, W) in [0, 1], channels_last
     labels: torch.Tensor  # int64 (N,)
     indices: torch.Tensor  # dataset indices
-
-
-def to_float(images_u8: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
-    x = images_u8.float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    number: int  # position of the batch within its epoch
 
 
 class BatchLoader:
@@ -54,10 +50,12 @@ class BatchLoader:
         gen.manual_seed(mix_seed(self.seed, epoch, batch))
         return gen
 
-    def epoch(self, epoch: int, start: int = 0, crop_size: int | None = None) -> Iterator[Batch]:
+    def epoch(self, epoch: int, start: int = 0, crop_size: Callable[[int], int | None] | None = None
+              ) -> Iterator[Batch]:
         """Yield the batches of ``epoch`` starting at batch index ``start``.
 
-        ``crop_size`` (progressive resizing) takes a random crop of that size after augmentation.
+        ``crop_size(b)`` (progressive resizing) gives the size of a random crop taken from batch ``b``
+        after augmentation (None: full size).
         """
         order = self.order(epoch)
         for b in range(start, len(self)):
@@ -65,9 +63,10 @@ class BatchLoader:
             x = self.images[idx].float().div_(255)
             if self.augment is not None:
                 x = self.augment(x, AugContext(self.batch_generator(epoch, b), epoch, idx, self.seed))
-            if crop_size is not None and crop_size < x.shape[-1]:
+            size = crop_size(b) if crop_size is not None else None
+            if size is not None and size < x.shape[-1]:
                 ctx = AugContext(self.batch_generator(epoch, b + (1 << 20)), epoch, idx, self.seed)
-                x = random_crop(x, ctx, padding=0, size=crop_size)
+                x = random_crop(x, ctx, padding=0, size=size)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield Batch(x, self.labels[idx], idx)
+            yield Batch(x, self.labels[idx], idx, b)

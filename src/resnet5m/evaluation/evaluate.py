@@ -15,19 +15,41 @@ from resnet5m.evaluation.metrics import evaluate_logits
 from resnet5m.io.atomic import atomic_write_text
 
 
+def evaluate_modes(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, modes: list[str], *,
+                   batch_size: int = 1000, device: torch.device | str = "cpu", channels_last: bool = True,
+                   dtype: torch.dtype = torch.float32) -> dict[str, dict[str, Any]]:
+    """Metrics (accuracy, loss, per-class accuracy, confusion) and seconds for ``none`` and each TTA mode."""
+    out: dict[str, dict[str, Any]] = {}
+    for mode in ["none", *[m for m in modes if m != "none"]]:
+        t0 = time.perf_counter()
+        logits = predict_logits(model, images, batch_size=batch_size, tta=mode, device=device,
+                                channels_last=channels_last, dtype=dtype)
+        out[mode] = {**evaluate_logits(logits, labels).to_dict(), "seconds": time.perf_counter() - t0}
+    return out
+
+
 def evaluate_model(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, tta_modes: list[str],
                    batch_size: int = 1000, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Evaluate with TTA ``none`` plus each requested mode; returns plain results and per-mode gains."""
-    out: dict[str, Any] = {"n": len(labels), "modes": {}}
-    for mode in ["none", *[m for m in tta_modes if m != "none"]]:
-        t0 = time.perf_counter()
-        logits = predict_logits(model, images, batch_size=batch_size, tta=mode, device=device)
-        r = evaluate_logits(logits, labels)
-        out["modes"][mode] = {**r.to_dict(), "seconds": time.perf_counter() - t0}
-    base = out["modes"]["none"]["accuracy"]
-    for r in out["modes"].values():
+    """``resnet5m evaluate``: TTA ``none`` plus each requested mode, with each mode's gain over ``none``."""
+    modes = evaluate_modes(model, images, labels, tta_modes, batch_size=batch_size, device=device)
+    base = modes["none"]["accuracy"]
+    for r in modes.values():
         r["gain_vs_none"] = r["accuracy"] - base
-    return out
+    return {"n": len(labels), "modes": modes}
+
+
+def final_evaluation(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, tta: str,
+                     batch_size: int = 1000, device: torch.device | str = "cpu", channels_last: bool = True,
+                     dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """The test numbers of a finished run, measured once, with and without its TTA (``train``, the
+    benchmarks and the search all report through this)."""
+    modes = evaluate_modes(model, images, labels, [tta], batch_size=batch_size, device=device,
+                           channels_last=channels_last, dtype=dtype)
+    plain, best = modes["none"], modes[tta]
+    return {"test_acc": best["accuracy"], "test_loss": best["loss"], "tta": tta,
+            "test_acc_no_tta": plain["accuracy"], "test_loss_no_tta": plain["loss"],
+            "eval_time_s": plain["seconds"], "tta_time_s": best["seconds"] if tta != "none" else 0.0,
+            "per_class_accuracy": best["per_class_accuracy"], "confusion": best["confusion"]}
 
 
 def confusion_csv(confusion: list[list[int]], classes: tuple[str, ...] = CLASSES) -> str:

@@ -9,12 +9,11 @@ Outputs keep the input order exactly.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from resnet5m.runtime.device import autocast
 
 TTA_MODES = ("none", "flip", "flip_translate")
 
@@ -37,26 +36,17 @@ def _views(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
     raise ValueError(f"unknown TTA mode {tta!r}; allowed: {', '.join(TTA_MODES)}")
 
 
-AutocastFactory = Callable[[], contextlib.AbstractContextManager]
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> AutocastFactory:
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1000, tta: str = "none",
                    device: torch.device | str | None = None, channels_last: bool = True,
-                   autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Logits (float32, on CPU) for ``images``: uint8 (N, 3, H, W) or float in [0, 1]."""
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Logits (float32, on CPU) for ``images``: uint8 (N, 3, H, W) or float in [0, 1]; ``dtype`` is the
+    autocast precision (the run's training precision)."""
     if tta not in TTA_MODES:
         raise ValueError(f"unknown TTA mode {tta!r}; allowed: {', '.join(TTA_MODES)}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    ctx = autocast_context(device, autocast_dtype)
     out = []
     try:
         for chunk in images.split(batch_size):
@@ -64,7 +54,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
             x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with ctx():
+            with autocast(device, dtype):
                 out.append(_views(model, x, tta).float().cpu())
     finally:
         model.train(was_training)

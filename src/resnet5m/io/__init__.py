@@ -1,4 +1,4 @@
-"""File-level helpers: atomic writes, safe (code-free) state serialisation, restricted unpickling."""
+"""Files: atomic writes, the run directory, YAML and pickles from users read safely."""
 
 from resnet5m.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from resnet5m.io.safe_pickle import restricted_load

@@ -13,10 +13,6 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def within_budget(model: nn.Module, budget: int = DEFAULT_BUDGET) -> bool:
-    return count_parameters(model) <= budget
-
-
 def check_budget(model: nn.Module, budget: int = DEFAULT_BUDGET, allow_over: bool = False,
                  name: str = "model") -> int:
     """Return the trainable parameter count; raise if it exceeds ``budget`` unless ``allow_over``."""

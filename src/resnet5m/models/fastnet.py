@@ -1,12 +1,17 @@
 """The ``fastnet`` family: a residual network built for time-to-accuracy (airbench lineage).
 
-Per group: conv3x3 -> maxpool2 -> BN -> act, then a residual unit whose skip is the identity
-(``x + BN(conv(act(BN(conv(x)))))`` for 3 convs per group, ``x + BN(conv(x))`` for 2).
+Per group: conv3x3 -> maxpool2 -> BN -> act (``x0``), then a branch of 1 or 2 more convs, added to a
+shortcut, then act. The shortcut (``skip``) is
+- ``projection`` (the default, the ``fast`` preset): 1x1-conv + BN from the pooled group input,
+  ``act(BN(conv(x0)) + BN(conv1x1(pool(x))))``;
+- ``identity``: ``act(x0 + branch(x0))`` (with 3 convs per group this is airbench96's residual);
+- ``none``: a plain, non-residual group (airbench94's, for ablations and the race).
 Tricks, each one switchable in the config:
 - a frozen 2x2 patch-whitening first layer initialised from the data's patch covariance,
 - identity (dirac) initialisation of the 3x3 convs,
 - BatchNorm with frozen scale (only the bias learns) and low running-stat momentum,
-- a scaled linear head on global max-pooled features.
+- a linear head on global max-pooled features, its logits scaled by ``head_scale``.
+The defaults are the ``fast`` preset.
 """
 
 from __future__ import annotations
@@ -15,30 +20,30 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from resnet5m.data.cifar10 import CIFAR10_MEAN, CIFAR10_STD, NUM_CLASSES
 from resnet5m.models.layers import Normalize, make_activation
+from resnet5m.util.validation import StrictModel
 
 
-class FastNetConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class FastNetConfig(StrictModel):
     family: Literal["fastnet"] = "fastnet"
     widths: list[int] = Field([64, 256, 256], min_length=1, max_length=6)
     convs_per_group: Literal[2, 3] = 2
     skip: Literal["identity", "projection", "none"] = Field(
-        "identity", description="identity: x0 + branch(x0) inside each group (after its pooling conv); "
-                                "projection: 1x1-conv+BN shortcut from the group input; none: plain (ablation)")
-    whiten_kernel: int = Field(2, ge=1, le=4, description="patch size of the whitening layer (0 = plain conv)")
+        "projection", description="projection: 1x1-conv+BN shortcut from the group input; identity: "
+                                  "x0 + branch(x0) inside each group (after its pooling conv); none: plain")
+    whiten_kernel: int = Field(2, ge=1, le=4, description="patch size of the whitening layer")
     whiten: bool = True
     activation: Literal["relu", "gelu", "silu"] = "gelu"
     bn_momentum: float = Field(0.6, ge=0.0, lt=1.0, description="share of old running stats kept per step")
     bn_frozen_scale: bool = True
     dirac_init: bool = True
-    head_scale: float = Field(1 / 9, gt=0)
-    head_init_std: float | None = Field(None, gt=0, description="re-scale head weights to this std")
+    head_scale: float = Field(1 / 256, gt=0, description="logits = head(features) * head_scale")
+    head_init_std: float | None = Field(1.0, gt=0, description="re-scale head weights to this std (null: "
+                                                               "torch's default init)")
     whiten_bias_epochs: int | None = Field(3, ge=0, description="train the whitening bias this many epochs, "
                                                                 "then freeze it (null = always train)")
     num_classes: int = Field(NUM_CLASSES, ge=2)

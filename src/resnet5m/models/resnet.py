@@ -6,18 +6,17 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from resnet5m.data.cifar10 import CIFAR10_MEAN, CIFAR10_STD, NUM_CLASSES
 from resnet5m.errors import UserError
 from resnet5m.models.layers import Normalize, SqueezeExcite, make_activation
+from resnet5m.util.validation import StrictModel
 
 
-class ResNetConfig(BaseModel):
+class ResNetConfig(StrictModel):
     """N stages; stage i has B_i BasicBlocks of C_i channels, conv kernel F_i, skip kernel K_i, stride S_i."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     family: Literal["resnet"] = "resnet"
     blocks: list[int] = Field(..., min_length=1, max_length=8, description="B_i: blocks per stage")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 from torchinfo import summary as torchinfo_summary
 
@@ -31,8 +30,9 @@ class ModelSummary:
                 f"mult-adds per image:  {self.mult_adds / 1e6:,.1f} M\n")
 
 
-def mult_adds_per_image(model: nn.Module) -> int:
-    stats = torchinfo_summary(model, input_size=(1, 3, 32, 32), verbose=0, device="cpu", mode="eval")
+def mult_adds_per_image(model: nn.Module, size: int = 32) -> int:
+    """Forward multiply-adds for one ``size`` x ``size`` image."""
+    stats = torchinfo_summary(model, input_size=(1, 3, size, size), verbose=0, device="cpu", mode="eval")
     return int(stats.total_mult_adds)
 
 
@@ -46,9 +46,4 @@ def summarize(model: nn.Module, budget: int = DEFAULT_BUDGET, depth: int = 3) ->
                         int(stats.total_mult_adds), budget)
 
 
-def training_flops_per_image(model: nn.Module) -> float:
-    """Approximate FLOPs of one training step per image: forward + backward = 3 x (2 x mult-adds)."""
-    return 6.0 * mult_adds_per_image(model)
-
-
-__all__ = ["ModelSummary", "mult_adds_per_image", "summarize", "training_flops_per_image", "torch"]
+__all__ = ["ModelSummary", "mult_adds_per_image", "summarize"]

@@ -16,9 +16,8 @@ from torch import nn
 from resnet5m import __version__
 from resnet5m.errors import UserError
 from resnet5m.io.atomic import atomic_write_bytes
+from resnet5m.io.rundir import WEIGHTS
 from resnet5m.models.registry import build_model, parse_model_config
-
-WEIGHTS_NAMES = ("best.safetensors", "last.safetensors")
 
 
 def save_weights(path: str | os.PathLike[str], model: nn.Module, info: dict[str, Any] | None = None) -> None:
@@ -37,10 +36,10 @@ def resolve_weights_path(path: str | os.PathLike[str]) -> Path:
     """A weights file, or a run directory (its best checkpoint, else its last)."""
     p = Path(path)
     if p.is_dir():
-        for name in WEIGHTS_NAMES:
+        for name in WEIGHTS:
             if (p / name).is_file():
                 return p / name
-        raise UserError(f"{p}: no {' or '.join(WEIGHTS_NAMES)} in this run directory")
+        raise UserError(f"{p}: no {' or '.join(WEIGHTS)} in this run directory")
     if not p.is_file():
         raise UserError(f"{p}: no such run directory or weights file")
     return p

@@ -7,7 +7,6 @@ import base64
 import csv
 import html
 import io
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +16,11 @@ import yaml
 
 from resnet5m.data.cifar10 import CLASSES
 from resnet5m.errors import UserError
+from resnet5m.io import rundir
 from resnet5m.io.atomic import atomic_write_text
-from resnet5m.reporting.aggregate import mean_std
+from resnet5m.io.yamlfile import read_yaml
 from resnet5m.reporting.plots import confusion_heatmap, overlay_curves, run_curves
-from resnet5m.training.rundir import read_metrics
+from resnet5m.util.stats import mean_std
 
 
 @dataclass
@@ -35,19 +35,18 @@ class Entry:
 
 
 def _seed_dirs(path: Path) -> list[Path]:
-    seeds = json.loads((path / "seeds.json").read_text())["seeds"]
-    return [path / f"seed{s}" for s in seeds]
+    return [rundir.seed_dir(path, s) for s in rundir.read_seeds(path)]
 
 
 def _entry(name: str, runs: list[Path], config_dir: Path) -> Entry:
     e = Entry(name, [])
-    cfg_file = config_dir / "config.yaml"
+    cfg_file = config_dir / rundir.CONFIG
     if cfg_file.exists():
-        e.config = yaml.safe_load(cfg_file.read_text()) or {}
+        e.config = read_yaml(cfg_file) or {}
     for r in runs:
-        if (r / "results.json").exists():
+        if rundir.status(r) == "finished":
             e.runs.append(r)
-            e.results.append(json.loads((r / "results.json").read_text()))
+            e.results.append(rundir.read_results(r))
         else:
             e.unfinished.append(r)
     return e
@@ -59,22 +58,23 @@ def collect(paths: list[str | Path]) -> tuple[list[Entry], str]:
     titles = []
     for raw in paths:
         p = Path(raw)
-        if (p / "study.json").exists():
-            spec = json.loads((p / "study.json").read_text())
+        kind = rundir.kind(p)
+        if kind == "study":
+            spec = rundir.read_study(p)
             titles.append(f"study {spec['name']}")
             for v in spec["variants"]:
                 entries.append(_entry(v, _seed_dirs(p / v), p / v))
-        elif (p / "seeds.json").exists():
+        elif kind == "seeds":
             titles.append(p.name)
             entries.append(_entry(p.name, _seed_dirs(p), p))
-        elif (p / "results.json").exists() or (p / "metrics.jsonl").exists():
+        elif kind == "run":
             titles.append(p.name)
             entries.append(_entry(p.name, [p], p))
         else:
-            raise UserError(f"{p}: not a run, multi-seed run or study directory (no results.json, seeds.json or "
-                            "study.json)")
+            raise UserError(f"{p}: not a run, multi-seed run or study directory (no {rundir.RESULTS}, "
+                            f"{rundir.SEEDS} or {rundir.STUDY})")
     if not any(e.results for e in entries):
-        raise UserError("nothing to report: none of the given runs has finished (no results.json)")
+        raise UserError(f"nothing to report: none of the given runs has finished (no {rundir.RESULTS})")
     return entries, ", ".join(titles)
 
 
@@ -189,9 +189,9 @@ def build_report(paths: list[str | Path], out_dir: str | Path) -> Path:
         for run in e.runs:
             label = e.name if len(e.runs) == 1 else f"{e.name} / {run.name}"
             safe = label.replace(" / ", "_").replace("/", "_")
-            per_run.append((label, run_curves(read_metrics(run), out / "curves" / f"{safe}.png", label)))
+            per_run.append((label, run_curves(rundir.read_metrics(run), out / "curves" / f"{safe}.png", label)))
         if e.runs:
-            first_seed[e.name] = read_metrics(e.runs[0])
+            first_seed[e.name] = rundir.read_metrics(e.runs[0])
     overlay = overlay_curves(first_seed, out / "curves_overlay.png", f"{title}: all variants (first seed)")
 
     by = "val acc" if criterion == VAL_CRITERION else "test acc, no validation split"

@@ -1,6 +1,9 @@
-"""Training: run configs, optimizers, schedules, losses, EMA, the loop, checkpoints and resume."""
+"""Training: run configs, optimizers, schedules, losses, EMA, the step and the loop, checkpoints, runs."""
 
+from resnet5m.training.checkpoint import TrainingInterrupted
 from resnet5m.training.config import RunConfig, build_config
-from resnet5m.training.engine import NonFiniteLoss, Trainer, TrainingInterrupted, train_run
+from resnet5m.training.run import train_run, train_seeds
+from resnet5m.training.trainer import NonFiniteLoss, Trainer
 
-__all__ = ["NonFiniteLoss", "RunConfig", "Trainer", "TrainingInterrupted", "build_config", "train_run"]
+__all__ = ["NonFiniteLoss", "RunConfig", "Trainer", "TrainingInterrupted", "build_config", "train_run",
+           "train_seeds"]

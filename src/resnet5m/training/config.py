@@ -6,26 +6,22 @@ keys and out-of-range values are rejected before any work starts.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from resnet5m.data.augment import AugmentConfig
 from resnet5m.errors import UserError
+from resnet5m.io.yamlfile import parse_yaml, read_yaml
 from resnet5m.models.budget import DEFAULT_BUDGET
-from resnet5m.models.fastnet import FastNetConfig
-from resnet5m.models.registry import PRESETS, load_model_yaml, parse_model_config
-from resnet5m.models.resnet import ResNetConfig
-from resnet5m.util.validation import format_validation_error
+from resnet5m.models.registry import PRESETS, ModelConfig, model_spec_to_dict
+from resnet5m.util.validation import StrictModel, format_validation_error
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     path: str | None = Field(None, description="CIFAR-10 location; default: $RESNET5M_DATA, cache, download")
     val_size: int = Field(5000, ge=0, le=49000, description="held-out validation images (0 = train on all)")
     split_seed: int = Field(0, ge=0)
@@ -33,7 +29,7 @@ class DataConfig(_Strict):
     download: bool = True
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(StrictModel):
     name: Literal["sgd", "adam", "adamw", "adadelta", "adagrad", "rmsprop", "muon"] = "sgd"
     lr: float = Field(0.1, gt=0, le=10000, description="base lr (per 1024 examples when decoupled)")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd/muon momentum (default 0.9); rmsprop momentum "
@@ -76,7 +72,7 @@ class OptimizerConfig(_Strict):
         return self
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(StrictModel):
     name: Literal["constant", "step", "multistep", "cosine", "cosine_restarts", "plateau", "onecycle",
                   "linear"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
@@ -104,12 +100,12 @@ class ScheduleConfig(_Strict):
         return v
 
 
-class MixConfig(_Strict):
+class MixConfig(StrictModel):
     alpha: float = Field(1.0, gt=0, le=10)
     p: float = Field(1.0, ge=0, le=1, description="share of batches that are mixed")
 
 
-class EMAConfig(_Strict):
+class EMAConfig(StrictModel):
     decay: float = Field(0.999, gt=0, lt=1)
     every_n_steps: int = Field(1, ge=1)
     start_epoch: float = Field(0.0, ge=0)
@@ -118,18 +114,19 @@ class EMAConfig(_Strict):
     lookahead: bool = Field(False, description="copy the average back into the model (Lookahead-style)")
 
 
-class DistillConfig(_Strict):
+class DistillConfig(StrictModel):
     teacher: str = Field(..., description="a finished run directory or weights file of the teacher")
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the distillation term")
 
 
-class ResolutionStage(_Strict):
-    until_epoch: float = Field(..., gt=0, description="train at this crop size until this epoch")
+class ResolutionStage(StrictModel):
+    until_epoch: float = Field(..., gt=0, description="train at this crop size until this epoch (may be "
+                                                      "fractional: the size changes at that step)")
     size: int = Field(..., ge=8, le=32)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     epochs: float = Field(30, gt=0, le=2000, description="may be fractional: stops mid-epoch")
     batch_size: int = Field(128, ge=1, le=16384)
     eval_batch_size: int = Field(1000, ge=1, le=16384)
@@ -144,18 +141,26 @@ class TrainConfig(_Strict):
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after N epochs without val gain")
     checkpoint_every: int = Field(1, ge=1, description="write last/resume checkpoints every N epochs")
 
+    @field_validator("resolution_schedule")
+    @classmethod
+    def _increasing(cls, v: list[ResolutionStage]) -> list[ResolutionStage]:
+        ends = [s.until_epoch for s in v]
+        if any(b <= a for a, b in zip(ends, ends[1:])):
+            raise ValueError(f"until_epoch must increase from stage to stage, got {ends}")
+        return v
 
-class EvalConfig(_Strict):
+
+class EvalConfig(StrictModel):
     tta: Literal["none", "flip", "flip_translate"] = "none"
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.=+-]+$", max_length=120)
     description: str = ""
     claimed: str = Field("", description="what the original report claims, for comparison")
     shortened: str | None = Field(None, description="set when a quick run overrode the recipe's length/data")
     seed: int = Field(0, ge=0)
-    model: ResNetConfig | FastNetConfig = Field(default_factory=lambda: PRESETS["reddy2024"].config)
+    model: ModelConfig = Field(default_factory=lambda: PRESETS["reddy2024"].config)
     budget: int = Field(DEFAULT_BUDGET, ge=1)
     allow_over_budget: bool = False
     data: DataConfig = DataConfig()
@@ -174,21 +179,9 @@ class RunConfig(_Strict):
     @field_validator("model", mode="before")
     @classmethod
     def _model(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            if v in PRESETS:
-                return PRESETS[v].config
-            if v.endswith((".yaml", ".yml")):
-                return parse_model_config(load_model_yaml(v), where=v)
-            raise ValueError(f"unknown model preset {v!r} (presets: {', '.join(PRESETS)})")
-        if isinstance(v, dict):
-            if "preset" in v:  # {preset: name, ...overrides}
-                base = PRESETS.get(v["preset"])
-                if base is None:
-                    raise ValueError(f"unknown model preset {v['preset']!r} (presets: {', '.join(PRESETS)})")
-                rest = {k: val for k, val in v.items() if k != "preset"}
-                return {**base.config.model_dump(), **rest}
-            return {"family": "resnet", **v}
-        return v
+        # a preset name, YAML path or {preset: ...} becomes a mapping; pydantic then validates it
+        # against its family only (a bad key names that family's fields, not every family's)
+        return model_spec_to_dict(v)
 
     @model_validator(mode="after")
     def _selection_needs_validation(self) -> RunConfig:
@@ -205,14 +198,14 @@ class RunConfig(_Strict):
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return parse_yaml(text, "--set value")
+    except UserError:
         return text
 
 
 def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` assignments (values parsed as YAML) to a nested dict."""
-    out = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    out = copy.deepcopy(data) if data else {}
     for item in assignments:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. optimizer.lr=0.01")
@@ -233,19 +226,23 @@ def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, A
     return out
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
+def load_config_file(path: str | Path, _seen: frozenset[Path] = frozenset()) -> dict[str, Any]:
+    """A run config file as a mapping, its ``base:`` chain merged in (relative to each file); a ``model:``
+    path in it is made relative to the file's folder."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: invalid YAML ({' '.join(str(exc).split())[:200]})") from None
+    if p.resolve() in _seen:
+        raise UserError(f"{path}: its base: chain comes back to it (cycle)")
+    data = read_yaml(p) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
+    model = data.get("model")
+    if isinstance(model, str) and model not in PRESETS and not Path(model).is_absolute():
+        data["model"] = str(p.parent / model)
     if "base" in data:  # `base: other.yaml` inherits, relative to this file
-        base_path = (p.parent / data.pop("base")).resolve()
-        data = deep_merge(load_config_file(base_path), data)
+        base = data.pop("base")
+        if not isinstance(base, str):
+            raise UserError(f"{path}: base must be a file name, got {type(base).__name__}")
+        data = deep_merge(load_config_file(p.parent / base, _seen | {p.resolve()}), data)
     return data
 
 

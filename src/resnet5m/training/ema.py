@@ -71,6 +71,7 @@ class WeightAverage:
     def state_dict(self) -> dict:
         return {"average": self.average, "updates": self.updates}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.average = state["average"]
-        self.updates = state["updates"]
+    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
+        average = state["average"]
+        self.average = {k: v.to(device) for k, v in average.items()} if average else None
+        self.updates = int(state["updates"])

@@ -1,4 +1,5 @@
-"""Learning-rate schedules as pure functions of the step (plus a small state for reduce-on-plateau).
+"""Schedules as pure functions of the step: learning rate (plus a small state for reduce-on-plateau) and
+progressive-resizing crop size.
 
 Every schedule returns a factor that multiplies each parameter group's base lr, evaluated every
 step; warm-up (linear from ``warmup_start``) composes with any of them.
@@ -7,11 +8,11 @@ step; warm-up (linear from ``warmup_start``) composes with any of them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from resnet5m.training.config import ScheduleConfig
+from resnet5m.training.config import ResolutionStage, ScheduleConfig
 
 
 def _cosine(t: float, floor: float) -> float:
@@ -70,10 +71,8 @@ class Plateau:
     best: float = -math.inf
     bad_epochs: int = 0
     cooldown_left: int = 0
-    history: list[float] = field(default_factory=list)
 
     def update(self, metric: float) -> float:
-        self.history.append(metric)
         if metric > self.best + self.cfg.threshold:
             self.best, self.bad_epochs = metric, 0
         elif self.cooldown_left > 0:
@@ -87,12 +86,11 @@ class Plateau:
 
     def state_dict(self) -> dict:
         return {"factor": self.factor, "best": self.best, "bad_epochs": self.bad_epochs,
-                "cooldown_left": self.cooldown_left, "history": list(self.history)}
+                "cooldown_left": self.cooldown_left}
 
     def load_state_dict(self, state: dict) -> None:
         self.factor, self.best = state["factor"], state["best"]
         self.bad_epochs, self.cooldown_left = state["bad_epochs"], state["cooldown_left"]
-        self.history = list(state["history"])
 
 
 class Schedule:
@@ -117,3 +115,12 @@ class Schedule:
     def load_state_dict(self, state: dict) -> None:
         if self.plateau is not None and state.get("plateau"):
             self.plateau.load_state_dict(state["plateau"])
+
+
+def crop_size_at(stages: list[ResolutionStage], step: int, steps_per_epoch: int) -> int | None:
+    """Progressive resizing: the crop size of the first stage whose ``until_epoch`` (which may be
+    fractional) is still ahead of ``step``; None (full size) after the last stage."""
+    for stage in stages:
+        if step < round(stage.until_epoch * steps_per_epoch):
+            return stage.size
+    return None

@@ -15,34 +15,31 @@ against the variant's own recipe ("epochs=2 of 100"), so reports can say so.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from resnet5m.data.sources import load_cifar10
 from resnet5m.errors import UserError
-from resnet5m.io.atomic import atomic_write_text
+from resnet5m.io import rundir
+from resnet5m.io.yamlfile import read_yaml
 from resnet5m.training.config import (
     RunConfig,
     apply_overrides,
+    config_to_yaml,
     deep_merge,
     load_config_file,
     shortening_note,
     validate_config,
 )
-from resnet5m.training.engine import Printer
 from resnet5m.training.recipes import resolve_recipe
-from resnet5m.training.rundir import write_json
-from resnet5m.training.seeds import train_seeds
-from resnet5m.util.validation import format_validation_error
+from resnet5m.training.run import train_seeds
+from resnet5m.training.trainer import Printer
+from resnet5m.util.validation import StrictModel, format_validation_error
 
 
-class StudyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class StudyConfig(StrictModel):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.=+-]+$")
     description: str = ""
     base: str
@@ -53,10 +50,7 @@ class StudyConfig(BaseModel):
 def load_study(path: str | Path) -> tuple[StudyConfig, Path]:
     p = Path(resolve_recipe(str(path)))
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
-        study = StudyConfig.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{p}: invalid YAML ({' '.join(str(exc).split())[:160]})") from None
+        study = StudyConfig.model_validate(read_yaml(p, what="study file") or {})
     except ValidationError as exc:
         raise UserError(format_validation_error(exc, str(p))) from None
     for name in study.variants:
@@ -115,18 +109,17 @@ def run_study(study_path: str, runs_dir: str | Path, *, epochs: float | None = N
     root.mkdir(parents=True, exist_ok=True)
     spec = {"name": study.name, "description": study.description, "variants": list(configs), "seeds": seeds,
             "study_file": str(study_file), "shortened": note, "overrides": overrides or []}
-    previous = root / "study.json"
-    if previous.exists():
-        old = json.loads(previous.read_text())
+    if (root / rundir.STUDY).exists():
+        old = rundir.read_study(root)
         if (old.get("shortened"), old.get("overrides")) != (note, overrides or []):
             raise UserError(f"{root} was started with different settings ({old.get('shortened') or 'full length'}, "
                             f"overrides {old.get('overrides')}); use another --runs-dir to keep both")
-    write_json(previous, spec)
+    rundir.write_study(root, spec)
     data = load_cifar10(next(iter(configs.values())).data.path)
     for i, (name, cfg) in enumerate(configs.items(), 1):
         out(f"== study {study.name}: variant {i}/{len(configs)} '{name}' ==")
         (root / name).mkdir(exist_ok=True)
-        atomic_write_text(root / name / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        write_json(root / name / "seeds.json", {"seeds": seeds})
+        rundir.write_config(root / name, config_to_yaml(cfg))
+        rundir.write_seeds(root / name, seeds)
         train_seeds(cfg, data, root / name, seeds, out=out, progress=progress)
     return root

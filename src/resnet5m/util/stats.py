@@ -1,4 +1,4 @@
-"""Mean and sample standard deviation over seeds."""
+"""Mean, sample standard deviation and standard error over seeds (pure functions, no I/O)."""
 
 from __future__ import annotations
 
@@ -18,16 +18,22 @@ def mean_std(values: Iterable[float | None]) -> tuple[float, float, int]:
     return mean, std, n
 
 
+def std_error(std: float, n: int) -> float:
+    """Standard error of a mean of ``n`` values with sample std ``std`` (nan for n < 2)."""
+    return std / math.sqrt(n) if n > 1 else math.nan
+
+
 SUMMARY_KEYS = ("test_acc", "test_loss", "test_acc_no_tta", "train_acc", "train_loss", "best_val_acc",
                 "train_time_s", "wall_time_s", "tta_time_s", "epochs")
 
 
 def summarize_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per key of ``SUMMARY_KEYS``: mean, std, standard error, n and the values."""
     out: dict[str, Any] = {"n": len(results), "seeds": [r.get("seed") for r in results]}
     for key in SUMMARY_KEYS:
         m, s, n = mean_std(r.get(key) for r in results)
         if n:
-            out[key] = {"mean": m, "std": s, "n": n, "values": [r.get(key) for r in results]}
+            out[key] = {"mean": m, "std": s, "se": std_error(s, n), "n": n, "values": [r.get(key) for r in results]}
     if results:
         out["params"] = results[0].get("params")
     return out

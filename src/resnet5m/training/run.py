@@ -1,0 +1,103 @@
+"""Running a config to the end: train (or resume) one run, evaluate it once on the test set, write its
+results; repeat over seeds and summarise."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnet5m import __version__
+from resnet5m.data.cifar10 import Cifar10
+from resnet5m.evaluation.evaluate import final_evaluation
+from resnet5m.io import rundir
+from resnet5m.models.budget import count_parameters
+from resnet5m.models.weights import load_trained_model
+from resnet5m.training.config import RunConfig, config_to_yaml
+from resnet5m.training.trainer import Printer, Trainer
+from resnet5m.util.stats import fmt_mean_std, summarize_seeds
+
+
+def test_results(trainer: Trainer) -> dict[str, Any]:
+    """Evaluate the selected checkpoint (best.safetensors) once on the test set: the run's results record."""
+    cfg, s = trainer.cfg, trainer.state
+    model, info = load_trained_model(trainer.run_dir / rundir.BEST, trainer.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    test = final_evaluation(model, trainer.data.test_images, trainer.data.test_labels, tta=cfg.eval.tta,
+                            batch_size=cfg.train.eval_batch_size, device=trainer.device,
+                            channels_last=cfg.channels_last, dtype=trainer.dtype)
+    rows = trainer.metrics.rows
+    selected = next((r for r in rows if r["epoch"] == info.get("epoch")), rows[-1] if rows else {})
+    return {
+        "run": trainer.run_dir.name, "seed": cfg.seed, "model": cfg.model.family,
+        "params": trainer.params, "total_params": count_parameters(trainer.model, trainable_only=False),
+        "selection": "best validation accuracy" if cfg.data.val_size else "last epoch (no validation split)",
+        "selected_epoch": info.get("epoch"), "best_val_acc": s.best_val_acc if cfg.data.val_size else None,
+        "test_acc": test["test_acc"], "test_loss": test["test_loss"], "tta": test["tta"],
+        "test_acc_no_tta": test["test_acc_no_tta"], "test_loss_no_tta": test["test_loss_no_tta"],
+        "train_acc": selected.get("train_acc"), "train_loss": selected.get("train_loss"),
+        "epochs": s.epoch, "epochs_planned": cfg.train.epochs, "steps": s.step, "stopped_early": s.stopped_early,
+        "train_time_s": s.train_time_s, "eval_time_s": test["eval_time_s"], "tta_time_s": test["tta_time_s"],
+        "wall_time_s": trainer.wall_time(),
+        "per_class_accuracy": test["per_class_accuracy"], "confusion": test["confusion"],
+        "device": str(trainer.device), "device_name": device_name(trainer.device), "torch": torch.__version__,
+        "resnet5m": __version__, "train_images": len(trainer.splits.train_y), "val_images": len(trainer.splits.val_y),
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, *, out: Printer = print,
+              progress: bool = True) -> dict[str, Any]:
+    """Train one run in ``run_dir`` and evaluate it once on the test set.
+
+    What happens is decided once, by :func:`rundir.status`: a finished run is not trained again (its
+    results are returned), a checkpointed one resumes exactly, one killed before its first
+    checkpoint starts over in place, and a new one starts.
+    """
+    status = rundir.status(run_dir)
+    if status == "finished":
+        out(f"{run_dir}: already finished, skipping")
+        return rundir.read_results(run_dir)
+    if status == "restart":
+        out(f"{run_dir}: no checkpoint yet ({rundir.RESUME}); starting the run over")
+    if status != "resume":
+        rundir.write_config(run_dir, config_to_yaml(cfg))
+    trainer = Trainer(cfg, data, run_dir, out=out, progress=progress)
+    out(f"run {run_dir}: {cfg.model.family} with {trainer.params:,} trainable params on {trainer.device} "
+        f"({trainer.dtype}), {len(trainer.splits.train_y)} train / {len(trainer.splits.val_y)} val images, "
+        f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps")
+    trainer.fit(resume=status == "resume")
+    results = test_results(trainer)
+    rundir.write_results(run_dir, results)
+    tta = f" (TTA {results['tta']}; {results['test_acc_no_tta']:.4f} without)" if results["tta"] != "none" else ""
+    best = f"best val acc {results['best_val_acc']:.4f} (epoch {results['selected_epoch']}), " \
+        if results["best_val_acc"] is not None else f"selected last epoch {results['selected_epoch']}, "
+    out(f"done: {best}train acc {results['train_acc']:.4f} loss {results['train_loss']:.4f}, "
+        f"{results['epochs']} epochs in {results['train_time_s']:.1f}s training ({results['wall_time_s']:.1f}s wall)")
+    out(f"test accuracy: {results['test_acc']:.4f}{tta}  test loss: {results['test_loss']:.4f}")
+    out(f"parameters: {results['params']:,}")
+    return results
+
+
+def train_seeds(cfg: RunConfig, data: Cifar10, run_dir: Path, seeds: list[int], *, out: Printer = print,
+                progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` once per seed (``run_dir/seed{N}``, each resumable) and write the mean ± std summary."""
+    results = []
+    for seed in seeds:
+        seed_cfg = cfg.model_copy(update={"seed": seed, "name": f"{cfg.name or run_dir.name}-seed{seed}"})
+        seed_dir = rundir.seed_dir(run_dir, seed)
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        results.append(train_run(seed_cfg, data, seed_dir, out=out, progress=progress))
+    summary = summarize_seeds(results)
+    rundir.write_summary(run_dir, summary)
+    out(f"over {len(seeds)} seeds {seeds}: test accuracy {fmt_mean_std(summary.get('test_acc'), 100)} %, "
+        f"train time {fmt_mean_std(summary.get('train_time_s'), 1, 1)} s")
+    return summary

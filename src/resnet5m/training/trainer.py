@@ -1,0 +1,295 @@
+"""A run's pieces built from its config, and the epochs: ``Trainer(cfg, data, run_dir).fit()``.
+
+Model selection (best checkpoint, plateau schedule, early stopping) only ever sees the validation
+split; the test set is not touched here (``run.py`` evaluates it once, after training).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnet5m.data.augment import build_augment
+from resnet5m.data.cifar10 import Cifar10
+from resnet5m.data.loader import Batch, BatchLoader
+from resnet5m.data.split import stratified_split
+from resnet5m.errors import UserError
+from resnet5m.evaluation.inference import predict_logits
+from resnet5m.evaluation.metrics import evaluate_logits
+from resnet5m.io import rundir
+from resnet5m.models.budget import check_budget, count_parameters
+from resnet5m.models.registry import build_model
+from resnet5m.models.weights import load_trained_model, save_weights
+from resnet5m.runtime.device import precision_dtype, resolve_device
+from resnet5m.runtime.seeding import mix_seed, seed_everything, set_deterministic
+from resnet5m.training.checkpoint import (
+    StopRequest,
+    TrainingInterrupted,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from resnet5m.training.config import RunConfig
+from resnet5m.training.ema import WeightAverage
+from resnet5m.training.loop import LoopState, Meter, StepLog, StepParts, train_epoch
+from resnet5m.training.losses import make_loss
+from resnet5m.training.mixing import mix_batch
+from resnet5m.training.optim import build_optimizers
+from resnet5m.training.progress import EpochProgress
+from resnet5m.training.schedule import Schedule, crop_size_at
+
+Printer = Callable[[str], None]
+
+
+class NonFiniteLoss(UserError):
+    exit_code = 3
+
+
+# --- set-up ------------------------------------------------------------------------------------------
+
+@dataclass
+class Splits:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+
+
+def make_splits(cfg: RunConfig, data: Cifar10, device: torch.device) -> Splits:
+    """Stratified train/val split of the training set (and an optional stratified training subset)."""
+    train_idx, val_idx = stratified_split(data.train_labels, cfg.data.val_size, cfg.data.split_seed)
+    if cfg.data.train_subset is not None:
+        if cfg.data.train_subset >= len(train_idx):
+            raise UserError(f"data.train_subset {cfg.data.train_subset} must be below the {len(train_idx)} "
+                            "training images left after the validation split")
+        _, keep = stratified_split(data.train_labels[train_idx], cfg.data.train_subset, cfg.data.split_seed + 1)
+        train_idx = train_idx[keep]
+    return Splits(data.train_images[train_idx].to(device), data.train_labels[train_idx].to(device),
+                  data.train_images[val_idx], data.train_labels[val_idx])
+
+
+def build_network(cfg: RunConfig, device: torch.device, init_images: torch.Tensor | None) -> nn.Module:
+    model = build_model(cfg.model)
+    check_budget(model, cfg.budget, cfg.allow_over_budget, name=f"model ({cfg.model.family})")
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if init_images is not None and hasattr(model, "init_from_data"):
+        model.init_from_data(init_images.float().div(255))  # data-dependent init (e.g. patch whitening)
+    return model
+
+
+def load_teacher(cfg: RunConfig, device: torch.device) -> nn.Module | None:
+    if cfg.train.distill is None:
+        return None
+    teacher, _ = load_trained_model(cfg.train.distill.teacher, device)
+    if cfg.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+_LOOP_TYPES: dict[str, type | tuple[type, ...]] = {
+    "epoch": int, "batch": int, "step": int, "best_val_acc": (int, float), "best_epoch": int,
+    "epochs_since_best": int, "train_time_s": (int, float), "wall_time_s": (int, float), "partial": dict,
+    "stopped_early": bool}
+
+
+def _loop_state(loop: Any, where: Path) -> LoopState:
+    """A checkpoint's loop counters, checked field by field (a damaged file is a one-line error)."""
+    if not isinstance(loop, dict) or set(loop) != {f.name for f in fields(LoopState)}:
+        raise UserError(f"{where}: damaged checkpoint (its loop state is not resnet5m's)")
+    for name, value in loop.items():
+        if not isinstance(value, _LOOP_TYPES[name]) or (value is True or value is False) != (name == "stopped_early"):
+            raise UserError(f"{where}: damaged checkpoint (loop.{name} = {str(value)[:40]})")
+    return LoopState(**loop)
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+class Trainer:
+    """Holds what one run builds from its config; :meth:`fit` runs the epochs."""
+
+    def __init__(self, cfg: RunConfig, data: Cifar10, run_dir: Path, *, out: Printer = print,
+                 progress: bool = True) -> None:
+        self.process_start = time.perf_counter()
+        self.cfg, self.data, self.run_dir, self.out, self.show_progress = cfg, data, run_dir, out, progress
+        self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        set_deterministic(cfg.deterministic)
+        seed_everything(cfg.seed)
+        self.splits = make_splits(cfg, data, self.device)
+        self.dtype = precision_dtype(cfg.precision, self.device)
+        self.model = build_network(cfg, self.device, self.splits.train_x[:5000])
+        self.params = count_parameters(self.model)
+        t = cfg.train
+        if len(self.splits.train_x) < t.batch_size:
+            raise UserError(f"train.batch_size {t.batch_size} exceeds the {len(self.splits.train_x)} training images")
+        self.loader = BatchLoader(self.splits.train_x, self.splits.train_y, t.batch_size,
+                                  augment=build_augment(cfg.augment), seed=cfg.seed, channels_last=cfg.channels_last)
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = max(1, math.ceil(t.epochs * self.steps_per_epoch))
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.optimizers = build_optimizers(self.model, cfg.optimizer, t.batch_size)
+        self.schedule = Schedule(cfg.schedule, self.total_steps, self.steps_per_epoch)
+        self.average = WeightAverage(self.model, t.ema, self.total_steps, self.steps_per_epoch) if t.ema else None
+        teacher = load_teacher(cfg, self.device)
+        distill = t.distill
+        self.parts = StepParts(
+            model=self.model, optimizers=self.optimizers,
+            loss=make_loss(t.label_smoothing, teacher, *((distill.temperature, distill.alpha) if distill else ())),
+            forward=torch.compile(self.model) if cfg.compile else None, schedule=self.schedule.factor,
+            device=self.device, dtype=self.dtype, grad_clip=t.grad_clip,
+            scaler=torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16))
+        self.metrics = rundir.MetricsLog(run_dir)
+        self.state = LoopState()
+        self.stop = StopRequest()
+
+    def wall_time(self) -> float:
+        """Wall time of the whole run: earlier processes (up to their checkpoint) plus this one."""
+        return self.state.wall_time_s + time.perf_counter() - self.process_start
+
+    def crop_size(self, step: int) -> int | None:
+        return crop_size_at(self.cfg.train.resolution_schedule, step, self.steps_per_epoch)
+
+    def eval_model(self) -> nn.Module:
+        return self.average.model_for_eval(self.model) if self.average else self.model
+
+    # -- checkpoints --
+
+    def save_checkpoint(self) -> None:
+        save_checkpoint(self.run_dir / rundir.RESUME, {
+            "loop": {**asdict(self.state), "wall_time_s": self.wall_time()}, "model": self.model.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers], "schedule": self.schedule.state_dict(),
+            "average": self.average.state_dict() if self.average else None,
+            "scaler": self.parts.scaler.state_dict(), "rng": rng_state(self.device)})
+
+    def load_checkpoint(self) -> None:
+        path = self.run_dir / rundir.RESUME
+        ck = load_checkpoint(path)
+        state = _loop_state(ck["loop"], path)
+        try:
+            self.model.load_state_dict(ck["model"])
+            for opt, sd in zip(self.optimizers, ck["optimizers"], strict=True):
+                opt.load_state_dict(sd)
+            self.schedule.load_state_dict(ck["schedule"])
+            if self.average is not None and ck["average"] is not None:
+                self.average.load_state_dict(ck["average"], self.device)
+            self.parts.scaler.load_state_dict(ck["scaler"])
+            set_rng_state(ck["rng"], self.device)
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise UserError(f"{path}: does not match this run's config "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+        self.state = state
+        self.metrics.load(completed_epochs=state.epoch)
+
+    def save_weights(self, name: str, epoch: int, val_acc: float | None) -> None:
+        save_weights(self.run_dir / name, self.eval_model(),
+                     {"epoch": epoch + 1, "val_acc": val_acc, "seed": self.cfg.seed, "run": self.run_dir.name})
+
+    # -- one epoch --
+
+    def _prepare(self, epoch: int) -> Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]:
+        """Batch -> (inputs, targets): mixup/cutmix (seeded per batch, so resume is exact) or as is."""
+        t, seed = self.cfg.train, self.cfg.seed
+        if not (t.mixup or t.cutmix):
+            return lambda b: (b.images, b.labels)
+        return lambda b: mix_batch(b.images, b.labels, self.cfg.model.num_classes, t.mixup, t.cutmix,
+                                   torch.Generator().manual_seed(mix_seed(seed, epoch, b.number, 0x313C)))
+
+    def _nonfinite(self, epoch: int) -> Callable[[int, str], None]:
+        def stop(batch: int, what: str) -> None:
+            last = self.run_dir / rundir.LAST
+            kept = f"the last good checkpoint ({last}) is intact" if last.exists() else "no checkpoint was written yet"
+            raise NonFiniteLoss(f"loss became {what} at epoch {epoch + 1}, step {batch + 1} of the epoch; "
+                                f"stopping ({kept}). Lower the lr or add train.grad_clip")
+        return stop
+
+    def train_epoch(self, epoch: int) -> Meter:
+        s = self.state
+        self.model.train()
+        if hasattr(self.model, "on_epoch_start"):
+            self.model.on_epoch_start(epoch)
+        meter = Meter.start(self.device, s.partial)
+        progress = EpochProgress(epoch, self.epochs, self.steps_per_epoch - s.batch, enabled=self.show_progress)
+        log = StepLog(1 if self.device.type == "cpu" else 25, progress,
+                      lambda: self.optimizers[0].param_groups[0]["lr"], self._nonfinite(epoch))
+        batches = self.loader.epoch(epoch, start=s.batch,
+                                    crop_size=lambda b: self.crop_size(epoch * self.steps_per_epoch + b))
+        t0 = time.perf_counter()
+        try:
+            train_epoch(self.parts, batches, s, meter, log, total_steps=self.total_steps, prepare=self._prepare(epoch),
+                        average=self.average, stop_requested=lambda: self.stop.requested)
+        finally:
+            progress.close()
+        elapsed = time.perf_counter() - t0
+        meter.time += elapsed
+        s.train_time_s += elapsed
+        if self.stop.requested and s.batch < self.steps_per_epoch and s.step < self.total_steps:
+            s.partial = meter.state()
+            self.save_checkpoint()
+            raise TrainingInterrupted(self.run_dir, epoch, s.batch)
+        s.partial = {}
+        return meter
+
+    def validate(self) -> tuple[float | None, float | None]:
+        if len(self.splits.val_y) == 0:
+            return None, None
+        logits = predict_logits(self.eval_model(), self.splits.val_x, batch_size=self.cfg.train.eval_batch_size,
+                                device=self.device, channels_last=self.cfg.channels_last, dtype=self.dtype)
+        r = evaluate_logits(logits, self.splits.val_y, self.cfg.model.num_classes)
+        return r.loss, r.accuracy
+
+    # -- the epochs --
+
+    def fit(self, resume: bool = False) -> LoopState:
+        if resume:
+            self.load_checkpoint()
+            self.out(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, batch {self.state.batch}")
+        s, patience = self.state, self.cfg.train.early_stopping_patience
+        with self.stop.installed():
+            while s.epoch < self.epochs and s.step < self.total_steps and not s.stopped_early:
+                epoch = s.epoch
+                meter = self.train_epoch(epoch)
+                val_loss, val_acc = self.validate()
+                self.schedule.epoch_end(val_acc)
+                values = {"epoch": epoch + 1, "lr": self.optimizers[0].param_groups[0]["lr"], "val_loss": val_loss,
+                          "val_acc": val_acc, **meter.row()}
+                row = {k: values[k] for k in rundir.METRIC_FIELDS}
+                improved = val_acc is not None and val_acc > s.best_val_acc
+                if improved:
+                    s.best_val_acc, s.best_epoch, s.epochs_since_best = val_acc, epoch, 0
+                    self.save_weights(rundir.BEST, epoch, val_acc)
+                elif val_acc is not None:
+                    s.epochs_since_best += 1
+                s.epoch, s.batch = epoch + 1, 0
+                s.stopped_early = patience is not None and val_acc is not None and s.epochs_since_best >= patience
+                self.metrics.append(row)
+                last_epoch = s.epoch >= self.epochs or s.step >= self.total_steps or s.stopped_early
+                if last_epoch or s.epoch % self.cfg.train.checkpoint_every == 0 or self.stop.requested:
+                    self.save_weights(rundir.LAST, epoch, val_acc)
+                    self.save_checkpoint()
+                self.out(_epoch_line(row, self.epochs, improved))
+                if self.stop.requested and not last_epoch:
+                    raise TrainingInterrupted(self.run_dir, s.epoch, 0)
+        if len(self.splits.val_y) == 0:  # no validation: the last epoch is the selected model
+            self.save_weights(rundir.BEST, s.epoch - 1, None)
+            s.best_epoch = s.epoch - 1
+        return s
+
+
+def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
+    val = f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}{' *' if improved else ''}" \
+        if row["val_acc"] is not None else "no validation split"
+    return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:.4f}  {val}  {row['time_s']:.1f}s  {row['images_per_s']:.0f} img/s")
