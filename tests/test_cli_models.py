@@ -40,7 +40,7 @@ def test_expected_errors_are_one_line_without_traceback():
     r = run_cli("summary", "nope")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
-    assert "unknown model 'nope'" in r.stderr
+    assert "unknown model preset 'nope'" in r.stderr
     r = run_cli("summary", "--blocks", "3,3", "--channels", "64,128,128")
     assert r.returncode == 2 and "channels has 3 entries but blocks has 2 stages" in r.stderr
     r = run_cli("summary", "--blocks", "3,x")

@@ -99,7 +99,7 @@ def test_group_has_an_identity_skip():
 def test_progressive_resizing_crops_and_the_network_accepts_any_size():
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     loader = BatchLoader(images, torch.zeros(64, dtype=torch.long), 16, seed=0)
-    small = next(iter(loader.epoch(0, crop_size=24)))
+    small = next(iter(loader.epoch(0, crop_size=lambda b: 24)))
     assert small.images.shape == (16, 3, 24, 24)
     full = next(iter(loader.epoch(0)))
     # the small batch is a window of the full-size batch
@@ -136,3 +136,32 @@ def test_projection_skip_adds_a_shortcut_from_the_group_input():
     with torch.no_grad():
         main = g.norm2(g.conv2(g.act(g.norm1(torch.nn.functional.max_pool2d(g.conv1(x), 2)))))
         assert torch.allclose(g(x), g.act(main + g.shortcut(torch.nn.functional.max_pool2d(x, 2))), atol=1e-6)
+
+
+def test_short_real_fast_recipe_run_reaches_its_floor(cifar, tmp_path):
+    """The fast recipe itself (FastNet, whitening init, Muon + decoupled Nesterov SGD, label smoothing,
+    progressive resizing, whitening-bias freeze), cut to 2 epochs on 10,000 images and scored on the
+    5,000-image validation split. Measured 2026-11-25 (AMD EPYC): 69.4%; with the whitening init off
+    65.3%, with SGD instead of Muon 54.8%: the floor below fails when either trick breaks."""
+    from resnet5m.evaluation import final_evaluation
+    from resnet5m.models.fastnet import FastNet
+    from resnet5m.training import Trainer, build_config
+    from resnet5m.training.optim import Muon
+    from resnet5m.training.recipes import resolve_recipe
+
+    cfg = build_config(resolve_recipe("fast"), [
+        "data.train_subset=10000", "data.val_size=5000", "train.epochs=2", "model.whiten_bias_epochs=1",
+        "train.resolution_schedule=[{until_epoch: 1, size: 24}]"])
+    t = Trainer(cfg, cifar, tmp_path, out=lambda s: None, progress=False)
+    assert isinstance(t.model, FastNet) and t.model.config.skip == "projection"  # a residual net
+    assert [type(o).__name__ for o in t.optimizers] == ["SGD", "Muon"] and isinstance(t.optimizers[1], Muon)
+    sizes, bias_at_epoch_start = [], []
+    start = t.model.on_epoch_start
+    t.model.on_epoch_start = lambda e: (bias_at_epoch_start.append(t.model.whiten.bias.detach().clone()), start(e))
+    t.model.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[-1]) if m.training else None)
+    t.fit()
+    assert sizes == [24] * 10 + [32] * 10  # 24 px crops for epoch 1 only
+    first, second = bias_at_epoch_start
+    assert not torch.equal(first, second) and torch.equal(second, t.model.whiten.bias)  # trained, then frozen
+    r = final_evaluation(t.eval_model(), t.splits.val_x, t.splits.val_y, tta="none", batch_size=2000)
+    assert r["test_acc"] > 0.67, r["test_acc"]

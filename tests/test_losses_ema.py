@@ -51,15 +51,15 @@ def test_mixup_targets_are_convex_and_match_images():
     assert torch.equal(same[0], x) and torch.equal(same[1], y)
 
 
-def test_cutmix_box_area_matches_lambda():
+def test_cutmix_box_area_matches_lambda_and_comes_from_the_partner():
     gen = torch.Generator().manual_seed(1)
-    x = torch.zeros(4, 3, 32, 32)
     perm = torch.tensor([1, 2, 3, 0])
-    x2 = torch.arange(4).float().view(4, 1, 1, 1).expand(4, 3, 32, 32) + 1
-    out, lam = cutmix(x2 * 0 + x2, 0.75, perm, gen)
-    pasted = (out != x2).all(1).float().mean((1, 2))
-    assert torch.allclose(pasted, torch.full((4,), 1 - lam))
-    assert x.sum() == 0
+    x = (torch.arange(4).float().view(4, 1, 1, 1) + 1).expand(4, 3, 32, 32).contiguous()  # image i is all i+1
+    out, lam = cutmix(x, 0.75, perm, gen)
+    box = (out != x).all(1)
+    assert torch.allclose(box.float().mean((1, 2)), torch.full((4,), 1 - lam)) and 0 < lam < 1
+    for i in range(4):  # the box holds the partner image's pixels, the rest the image's own
+        assert torch.all(out[i][:, box[i]] == perm[i] + 1) and torch.all(out[i][:, ~box[i]] == i + 1)
 
 
 def test_ema_math():

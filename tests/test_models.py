@@ -139,7 +139,7 @@ def test_summary_reports_params_and_mult_adds():
 
 
 def test_fastnet_is_residual_and_within_budget():
-    m = build_model(FastNetConfig())
+    m = build_model(FastNetConfig(skip="identity"))
     assert count_parameters(m, trainable_only=False) < 5_000_000
     x = torch.rand(4, 3, 32, 32)
     m.init_from_data(torch.rand(64, 3, 32, 32))

@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from resnet5m.cli.main import main
 from resnet5m.data.cifar10 import Cifar10
-from resnet5m.training import NonFiniteLoss, Trainer, build_config, train_run
 from resnet5m.io.rundir import read_metrics
+from resnet5m.training import NonFiniteLoss, Trainer, build_config, train_run
 
 TINY = {
     "model": {"blocks": [1, 1], "channels": [16, 32]},

@@ -62,6 +62,24 @@ def check_labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def to_nchw(data: np.ndarray, where: str) -> np.ndarray:
+    """Images as uint8 (N, 3, 32, 32) from (N, 3072) channel-first rows (the official batches, the course's
+    2024 test file), (N, 32, 32, 3) HWC (the .npz layout, the 2025 file), (N, 3, 32, 32), or one (32, 32, 3)."""
+    data = np.asarray(data)
+    if data.dtype != np.uint8:
+        raise UserError(f"{where}: images have dtype {data.dtype}, expected uint8 pixel values 0..255")
+    if data.ndim == 2 and data.shape[1] == 3072:
+        return data.reshape(-1, 3, 32, 32)
+    if data.ndim == 4 and data.shape[1:] == (32, 32, 3):
+        return data.transpose(0, 3, 1, 2)
+    if data.ndim == 4 and data.shape[1:] == (3, 32, 32):
+        return data
+    if data.ndim == 3 and data.shape == (32, 32, 3):
+        return data.transpose(2, 0, 1)[None]
+    raise UserError(f"{where}: images have shape {tuple(data.shape)}; expected (N, 3072) channel-first rows, "
+                    "(N, 32, 32, 3) HWC or (N, 3, 32, 32)")
+
+
 def from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                 source: str, layout: str = "NHWC") -> Cifar10:
     """Validate numpy arrays and wrap them as a :class:`Cifar10` (NCHW uint8 torch tensors)."""
@@ -70,8 +88,8 @@ def from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
     y_tr = check_labels(y_train, len(x_train), f"{source}: y_train")
     y_te = check_labels(y_test, len(x_test), f"{source}: y_test")
 
-    def to_nchw(x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x))
-        return t.permute(0, 3, 1, 2).contiguous() if layout == "NHWC" else t
+    def tensor(x: np.ndarray, key: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(to_nchw(x, f"{source}: {key}")))
 
-    return Cifar10(to_nchw(x_train), torch.from_numpy(y_tr), to_nchw(x_test), torch.from_numpy(y_te), source)
+    return Cifar10(tensor(x_train, "x_train"), torch.from_numpy(y_tr), tensor(x_test, "x_test"), torch.from_numpy(y_te),
+                   source)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnet5m.data.cifar10 import Cifar10, check_images, check_labels, from_arrays
+from resnet5m.data.cifar10 import Cifar10, check_images, check_labels, from_arrays, to_nchw
 from resnet5m.data.download import EXTRACTED_NAME, TARBALL_NAME, cached_tarball, fetch_cifar10
 from resnet5m.errors import UserError
 from resnet5m.io.safe_pickle import restricted_load
@@ -34,7 +34,7 @@ def cache_dir() -> Path:
     return Path(base) / "resnet5m"
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an .npz, without unpickling; a broken file is a one-line error."""
     try:
         with np.load(path, allow_pickle=False) as d:
@@ -48,7 +48,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_npz(path: Path) -> Cifar10:
-    arrays = _read_npz(path)
+    arrays = read_npz(path)
     missing = [k for k in NPZ_KEYS if k not in arrays]
     if missing:
         raise UserError(f"{path}: missing key(s) {', '.join(missing)} (an .npz must hold {', '.join(NPZ_KEYS)})")
@@ -68,7 +68,7 @@ def load_labeled_set(path: str | os.PathLike[str] | None,
     p = Path(path).expanduser() if path is not None else None
     if p is None or p.suffix.lower() != ".npz" or not p.is_file():
         return _split_of(load_cifar10(path), split)
-    arrays = _read_npz(p)
+    arrays = read_npz(p)
     if all(k in arrays for k in NPZ_KEYS):  # the full CIFAR-10 layout
         return _split_of(from_arrays(*(arrays[k] for k in NPZ_KEYS), str(p)), split)
     pair = next(((x, y) for x, y in SINGLE_SET_KEYS if x in arrays and y in arrays), None)
@@ -80,7 +80,7 @@ def load_labeled_set(path: str | os.PathLike[str] | None,
     x, y = arrays[pair[0]], arrays[pair[1]]
     check_images(x, f"{p}: {pair[0]}")
     labels = check_labels(y, len(x), f"{p}: {pair[1]}")
-    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), str(p)
+    return torch.from_numpy(np.ascontiguousarray(to_nchw(x, f"{p}: {pair[0]}"))), torch.from_numpy(labels), str(p)
 
 
 def _decode_batch(obj: object, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,6 @@ numbers, bytes/str and numpy arrays only), so a pickle that would run code is re
 from __future__ import annotations
 
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from resnet5m.data.cifar10 import to_nchw
+from resnet5m.data.sources import read_npz
 from resnet5m.errors import UserError
 from resnet5m.io.safe_pickle import restricted_load
 
@@ -30,25 +31,8 @@ class Inputs:
     source: str
 
 
-def to_nchw(data: np.ndarray, where: str) -> np.ndarray:
-    """(N, 3072) channel-first rows (2024 file) or (N, 32, 32, 3) HWC (2025 file) -> (N, 3, 32, 32)."""
-    data = np.asarray(data)
-    if data.dtype != np.uint8:
-        raise UserError(f"{where}: images have dtype {data.dtype}, expected uint8 pixel values 0..255")
-    if data.ndim == 2 and data.shape[1] == 3072:
-        return data.reshape(-1, 3, 32, 32)
-    if data.ndim == 4 and data.shape[1:] == (32, 32, 3):
-        return data.transpose(0, 3, 1, 2)
-    if data.ndim == 4 and data.shape[1:] == (3, 32, 32):
-        return data
-    if data.ndim == 3 and data.shape == (32, 32, 3):
-        return data.transpose(2, 0, 1)[None]
-    raise UserError(f"{where}: images have shape {tuple(data.shape)}; expected (N, 3072) channel-first rows, "
-                    "(N, 32, 32, 3) HWC or (N, 3, 32, 32)")
-
-
 def _finish(data: np.ndarray, ids: Any, where: str) -> Inputs:
-    images = to_nchw(data, where)
+    images = to_nchw(np.asarray(data), where)
     if len(images) == 0:
         raise UserError(f"{where}: contains no images")
     if ids is None:
@@ -86,20 +70,12 @@ def load_pickle(path: Path) -> Inputs:
 
 
 def load_npz(path: Path) -> Inputs:
-    try:
-        with np.load(path, allow_pickle=False) as d:
-            names = d.files
-            data_key = next((k for k in ("data", "x", "images", "x_test") if k in names), None)
-            if data_key is None:
-                raise UserError(f"{path}: no 'data', 'x', 'images' or 'x_test' array (has {', '.join(names)})")
-            ids_key = next((k for k in ("ids", "id") if k in names), None)
-            return _finish(d[data_key], d[ids_key] if ids_key else None, str(path))
-    except UserError:
-        raise
-    except ValueError as exc:
-        raise UserError(f"{path}: cannot read ({exc}); object arrays are refused") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise UserError(f"{path}: truncated or corrupt .npz ({exc})") from None
+    arrays = read_npz(path)
+    data_key = next((k for k in ("data", "x", "images", "x_test") if k in arrays), None)
+    if data_key is None:
+        raise UserError(f"{path}: no 'data', 'x', 'images' or 'x_test' array (has {', '.join(arrays) or 'none'})")
+    ids_key = next((k for k in ("ids", "id") if k in arrays), None)
+    return _finish(arrays[data_key], arrays[ids_key] if ids_key else None, str(path))
 
 
 def load_npy(path: Path) -> Inputs:

@@ -42,7 +42,7 @@ class StepParts:
 def train_step(p: StepParts, step: int, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step (``step`` counts from 0); returns the detached loss and logits."""
     with autocast(p.device, p.dtype):
-        logits = (p.forward or p.model)(x)
+        logits = (p.model if p.forward is None else p.forward)(x)
         loss = p.loss(logits, targets, x)
     for opt in p.optimizers:
         opt.zero_grad(set_to_none=True)

@@ -15,7 +15,7 @@ def _beta(alpha: float, gen: torch.Generator) -> float:
     return float(g1 / (g1 + g2))
 
 
-def mixup(x: torch.Tensor, y: torch.Tensor, lam: float, perm: torch.Tensor) -> tuple[torch.Tensor, float]:
+def mixup(x: torch.Tensor, lam: float, perm: torch.Tensor) -> tuple[torch.Tensor, float]:
     return lam * x + (1 - lam) * x[perm], lam
 
 
@@ -47,6 +47,6 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup_cfg: Mix
         return x, y
     lam = _beta(cfg.alpha, gen)
     perm = torch.randperm(len(x), generator=gen).to(x.device)
-    x, lam = mixup(x, y, lam, perm) if kind == "mixup" else cutmix(x, lam, perm, gen)
+    x, lam = mixup(x, lam, perm) if kind == "mixup" else cutmix(x, lam, perm, gen)
     one_hot = F.one_hot(y, num_classes).float()
     return x, lam * one_hot + (1 - lam) * one_hot[perm]
