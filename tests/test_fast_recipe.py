@@ -165,3 +165,35 @@ def test_short_real_fast_recipe_run_reaches_its_floor(cifar, tmp_path):
     assert not torch.equal(first, second) and torch.equal(second, t.model.whiten.bias)  # trained, then frozen
     r = final_evaluation(t.eval_model(), t.splits.val_x, t.splits.val_y, tta="none", batch_size=2000)
     assert r["test_acc"] > 0.67, r["test_acc"]
+
+
+def test_the_one_file_recipe_is_what_the_engine_runs(cifar, tmp_path):
+    """``training/fast_recipe.py`` (the readable version) and the engine give the same per-step losses."""
+    import torch.nn.functional as F
+
+    from resnet5m.data.cifar10 import Cifar10
+    from resnet5m.training import Trainer, build_config
+    from resnet5m.training.fast_recipe import train_fast
+    from resnet5m.training.recipes import resolve_recipe
+
+    small = Cifar10(cifar.train_images[:3000], cifar.train_labels[:3000], cifar.test_images[:10],
+                    cifar.test_labels[:10], "first 3000")
+    cfg = build_config(resolve_recipe("fast"), ["train.epochs=2", "train.resolution_schedule=[{until_epoch: 1.5, "
+                                                "size: 24}]", "model.whiten_bias_epochs=1"])
+    runs = []
+    for train in (lambda: train_fast(cfg, small, log=lambda s: None),
+                  lambda: Trainer(cfg, small, tmp_path, out=lambda s: None, progress=False).fit()):
+        losses, original = [], F.cross_entropy
+
+        def spy(*a, **k):
+            out = original(*a, **k)
+            losses.append(out.item()) if out.requires_grad else None
+            return out
+
+        F.cross_entropy = spy
+        try:
+            train()
+        finally:
+            F.cross_entropy = original
+        runs.append(losses)
+    assert len(runs[0]) == 6 and runs[0] == runs[1]
