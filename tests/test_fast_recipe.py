@@ -180,14 +180,13 @@ def test_the_one_file_recipe_is_what_the_engine_runs(cifar, tmp_path):
                     cifar.test_labels[:10], "first 3000")
     cfg = build_config(resolve_recipe("fast"), ["train.epochs=2", "train.resolution_schedule=[{until_epoch: 1.5, "
                                                 "size: 24}]", "model.whiten_bias_epochs=1"])
-    runs = []
-    for train in (lambda: train_fast(cfg, small, log=lambda s: None),
-                  lambda: Trainer(cfg, small, tmp_path, out=lambda s: None, progress=False).fit()):
+    def losses_of(train) -> list[float]:
         losses, original = [], F.cross_entropy
 
         def spy(*a, **k):
             out = original(*a, **k)
-            losses.append(out.item()) if out.requires_grad else None
+            if out.requires_grad:
+                losses.append(out.item())
             return out
 
         F.cross_entropy = spy
@@ -195,5 +194,8 @@ def test_the_one_file_recipe_is_what_the_engine_runs(cifar, tmp_path):
             train()
         finally:
             F.cross_entropy = original
-        runs.append(losses)
-    assert len(runs[0]) == 6 and runs[0] == runs[1]
+        return losses
+
+    recipe = losses_of(lambda: train_fast(cfg, small, log=lambda s: None))
+    engine = losses_of(lambda: Trainer(cfg, small, tmp_path, out=lambda s: None, progress=False).fit())
+    assert len(recipe) == 6 and recipe == engine
