@@ -53,7 +53,7 @@ def training_flops(trainer: Trainer) -> float:
     cfg, macs = trainer.cfg, {}
     total = 0.0
     for step in range(trainer.total_steps):
-        size = trainer.crop_size(step) or 32
+        size = (trainer.resolution(step) or (32, ""))[0]
         if size not in macs:
             macs[size] = mult_adds_per_image(build_model(cfg.model), size)
         total += 6.0 * macs[size] * cfg.train.batch_size

@@ -99,13 +99,15 @@ def test_group_has_an_identity_skip():
 def test_progressive_resizing_crops_and_the_network_accepts_any_size():
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     loader = BatchLoader(images, torch.zeros(64, dtype=torch.long), 16, seed=0)
-    small = next(iter(loader.epoch(0, crop_size=lambda b: 24)))
+    small = next(iter(loader.epoch(0, resolution=lambda b: (24, "crop"))))
     assert small.images.shape == (16, 3, 24, 24)
     full = next(iter(loader.epoch(0)))
     # the small batch is a window of the full-size batch
     i = 0
     assert any(torch.equal(small.images[i], full.images[i, :, a:a + 24, b:b + 24]) for a in range(9)
                for b in range(9))
+    resized = next(iter(loader.epoch(0, resolution=lambda b: (16, "resize"))))  # the whole image, downsampled
+    assert torch.allclose(resized.images, torch.nn.functional.avg_pool2d(full.images, 2), atol=1e-6)
     model = build_model(FastNetConfig(widths=[8, 16, 16]))
     assert model(small.images).shape == (16, 10) and model(full.images).shape == (16, 10)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from resnet5m.data.augment import AugContext, Augment, random_crop
 from resnet5m.runtime.seeding import mix_seed
@@ -50,12 +51,13 @@ class BatchLoader:
         gen.manual_seed(mix_seed(self.seed, epoch, batch))
         return gen
 
-    def epoch(self, epoch: int, start: int = 0, crop_size: Callable[[int], int | None] | None = None
+    def epoch(self, epoch: int, start: int = 0, resolution: Callable[[int], tuple[int, str] | None] | None = None
               ) -> Iterator[Batch]:
         """Yield the batches of ``epoch`` starting at batch index ``start``.
 
-        ``crop_size(b)`` (progressive resizing) gives the size of a random crop taken from batch ``b``
-        after augmentation (None: full size).
+        ``resolution(b)`` (progressive resizing) gives batch ``b``'s ``(size, mode)`` after augmentation:
+        ``crop`` takes a random size x size window, ``resize`` downsamples the whole image (area
+        interpolation); None keeps the full size.
         """
         order = self.order(epoch)
         for b in range(start, len(self)):
@@ -63,8 +65,10 @@ class BatchLoader:
             x = self.images[idx].float().div_(255)
             if self.augment is not None:
                 x = self.augment(x, AugContext(self.batch_generator(epoch, b), epoch, idx, self.seed))
-            size = crop_size(b) if crop_size is not None else None
-            if size is not None and size < x.shape[-1]:
+            size, mode = (resolution(b) if resolution is not None else None) or (x.shape[-1], "crop")
+            if mode == "resize" and size < x.shape[-1]:
+                x = F.interpolate(x, size=(size, size), mode="area")
+            elif size < x.shape[-1]:
                 ctx = AugContext(self.batch_generator(epoch, b + (1 << 20)), epoch, idx, self.seed)
                 x = random_crop(x, ctx, padding=0, size=size)
             if self.channels_last:

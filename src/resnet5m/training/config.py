@@ -124,6 +124,8 @@ class ResolutionStage(StrictModel):
     until_epoch: float = Field(..., gt=0, description="train at this crop size until this epoch (may be "
                                                       "fractional: the size changes at that step)")
     size: int = Field(..., ge=8, le=32)
+    mode: Literal["crop", "resize"] = Field("crop", description="crop: a random size x size window of the "
+                                                                "augmented image; resize: the whole image, downsampled")
 
 
 class TrainConfig(StrictModel):

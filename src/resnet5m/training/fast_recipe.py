@@ -28,7 +28,7 @@ from resnet5m.training.loop import StepParts, train_step
 from resnet5m.training.losses import make_loss
 from resnet5m.training.optim import build_optimizers
 from resnet5m.training.recipes import resolve_recipe
-from resnet5m.training.schedule import Schedule, crop_size_at
+from resnet5m.training.schedule import Schedule, resolution_at
 from resnet5m.training.trainer import build_network
 
 
@@ -63,9 +63,9 @@ def train_fast(cfg: RunConfig, data: Cifar10, log=print) -> nn.Module:
         model.train()
         model.on_epoch_start(epoch)  # 7. the whitening bias trains for 3 epochs, then freezes
         # 8. Progressive resizing: random 24x24 crops of the augmented 32x32 batch for the first epochs.
-        def size(b: int, epoch: int = epoch) -> int | None:
-            return crop_size_at(t.resolution_schedule, epoch * steps_per_epoch + b, steps_per_epoch)
-        for batch in loader.epoch(epoch, crop_size=size):
+        def size(b: int, epoch: int = epoch) -> tuple[int, str] | None:
+            return resolution_at(t.resolution_schedule, epoch * steps_per_epoch + b, steps_per_epoch)
+        for batch in loader.epoch(epoch, resolution=size):
             if step == total_steps:
                 break
             loss, _ = train_step(parts, step, batch.images, batch.labels)  # 9. forward, loss, backward, steps

@@ -117,10 +117,10 @@ class Schedule:
             self.plateau.load_state_dict(state["plateau"])
 
 
-def crop_size_at(stages: list[ResolutionStage], step: int, steps_per_epoch: int) -> int | None:
-    """Progressive resizing: the crop size of the first stage whose ``until_epoch`` (which may be
+def resolution_at(stages: list[ResolutionStage], step: int, steps_per_epoch: int) -> tuple[int, str] | None:
+    """Progressive resizing: ``(size, mode)`` of the first stage whose ``until_epoch`` (which may be
     fractional) is still ahead of ``step``; None (full size) after the last stage."""
     for stage in stages:
         if step < round(stage.until_epoch * steps_per_epoch):
-            return stage.size
+            return stage.size, stage.mode
     return None

@@ -44,7 +44,7 @@ from resnet5m.training.losses import make_loss
 from resnet5m.training.mixing import mix_batch
 from resnet5m.training.optim import build_optimizers
 from resnet5m.training.progress import EpochProgress
-from resnet5m.training.schedule import Schedule, crop_size_at
+from resnet5m.training.schedule import Schedule, resolution_at
 
 Printer = Callable[[str], None]
 
@@ -159,8 +159,9 @@ class Trainer:
         """Wall time of the whole run: earlier processes (up to their checkpoint) plus this one."""
         return self.state.wall_time_s + time.perf_counter() - self.process_start
 
-    def crop_size(self, step: int) -> int | None:
-        return crop_size_at(self.cfg.train.resolution_schedule, step, self.steps_per_epoch)
+    def resolution(self, step: int) -> tuple[int, str] | None:
+        """Progressive resizing at ``step``: ``(size, mode)``, or None for full-size batches."""
+        return resolution_at(self.cfg.train.resolution_schedule, step, self.steps_per_epoch)
 
     def eval_model(self) -> nn.Module:
         return self.average.model_for_eval(self.model) if self.average else self.model
@@ -225,7 +226,7 @@ class Trainer:
         log = StepLog(1 if self.device.type == "cpu" else 25, progress,
                       lambda: self.optimizers[0].param_groups[0]["lr"], self._nonfinite(epoch))
         batches = self.loader.epoch(epoch, start=s.batch,
-                                    crop_size=lambda b: self.crop_size(epoch * self.steps_per_epoch + b))
+                                    resolution=lambda b: self.resolution(epoch * self.steps_per_epoch + b))
         t0 = time.perf_counter()
         try:
             train_epoch(self.parts, batches, s, meter, log, total_steps=self.total_steps, prepare=self._prepare(epoch),
