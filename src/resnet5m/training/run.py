@@ -4,6 +4,7 @@ results; repeat over seeds and summarise."""
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,21 @@ from resnet5m.training.config import RunConfig, config_to_yaml
 from resnet5m.training.trainer import Printer, Trainer
 from resnet5m.util.stats import fmt_mean_std, summarize_seeds
 
+NO_TEST = {"test_acc": None, "test_loss": None, "tta": None, "test_acc_no_tta": None, "test_loss_no_tta": None,
+           "eval_time_s": 0.0, "tta_time_s": 0.0, "per_class_accuracy": None, "confusion": None}
 
-def test_results(trainer: Trainer) -> dict[str, Any]:
-    """Evaluate the selected checkpoint (best.safetensors) once on the test set: the run's results record."""
+
+def run_results(trainer: Trainer, test: bool = True) -> dict[str, Any]:
+    """The run's results record; with ``test``, the selected checkpoint (best.safetensors) is evaluated
+    once on the test set (a search trial passes ``test=False``: its test fields stay null)."""
     cfg, s = trainer.cfg, trainer.state
     model, info = load_trained_model(trainer.run_dir / rundir.BEST, trainer.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    test = final_evaluation(model, trainer.data.test_images, trainer.data.test_labels, tta=cfg.eval.tta,
-                            batch_size=cfg.train.eval_batch_size, device=trainer.device,
-                            channels_last=cfg.channels_last, dtype=trainer.dtype)
+    scores = NO_TEST if not test else final_evaluation(
+        model, trainer.data.test_images, trainer.data.test_labels, tta=cfg.eval.tta,
+        batch_size=cfg.train.eval_batch_size, device=trainer.device, channels_last=cfg.channels_last,
+        dtype=trainer.dtype)
     rows = trainer.metrics.rows
     selected = next((r for r in rows if r["epoch"] == info.get("epoch")), rows[-1] if rows else {})
     return {
@@ -36,13 +42,13 @@ def test_results(trainer: Trainer) -> dict[str, Any]:
         "params": trainer.params, "total_params": count_parameters(trainer.model, trainable_only=False),
         "selection": "best validation accuracy" if cfg.data.val_size else "last epoch (no validation split)",
         "selected_epoch": info.get("epoch"), "best_val_acc": s.best_val_acc if cfg.data.val_size else None,
-        "test_acc": test["test_acc"], "test_loss": test["test_loss"], "tta": test["tta"],
-        "test_acc_no_tta": test["test_acc_no_tta"], "test_loss_no_tta": test["test_loss_no_tta"],
+        "test_acc": scores["test_acc"], "test_loss": scores["test_loss"], "tta": scores["tta"],
+        "test_acc_no_tta": scores["test_acc_no_tta"], "test_loss_no_tta": scores["test_loss_no_tta"],
         "train_acc": selected.get("train_acc"), "train_loss": selected.get("train_loss"),
         "epochs": s.epoch, "epochs_planned": cfg.train.epochs, "steps": s.step, "stopped_early": s.stopped_early,
-        "train_time_s": s.train_time_s, "eval_time_s": test["eval_time_s"], "tta_time_s": test["tta_time_s"],
+        "train_time_s": s.train_time_s, "eval_time_s": scores["eval_time_s"], "tta_time_s": scores["tta_time_s"],
         "wall_time_s": trainer.wall_time(),
-        "per_class_accuracy": test["per_class_accuracy"], "confusion": test["confusion"],
+        "per_class_accuracy": scores["per_class_accuracy"], "confusion": scores["confusion"],
         "device": str(trainer.device), "device_name": device_name(trainer.device), "torch": torch.__version__,
         "resnet5m": __version__, "train_images": len(trainer.splits.train_y), "val_images": len(trainer.splits.val_y),
     }
@@ -54,9 +60,10 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
-def train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, *, out: Printer = print,
-              progress: bool = True) -> dict[str, Any]:
-    """Train one run in ``run_dir`` and evaluate it once on the test set.
+def train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, *, out: Printer = print, progress: bool = True,
+              test: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train one run in ``run_dir`` and evaluate it once on the test set (unless ``test`` is False, as for
+    search trials); ``on_epoch`` is passed to :meth:`Trainer.fit`.
 
     What happens is decided once, by :func:`rundir.status`: a finished run is not trained again (its
     results are returned), a checkpointed one resumes exactly, one killed before its first
@@ -74,9 +81,12 @@ def train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, *, out: Printer = pr
     out(f"run {run_dir}: {cfg.model.family} with {trainer.params:,} trainable params on {trainer.device} "
         f"({trainer.dtype}), {len(trainer.splits.train_y)} train / {len(trainer.splits.val_y)} val images, "
         f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps")
-    trainer.fit(resume=status == "resume")
-    results = test_results(trainer)
+    trainer.fit(resume=status == "resume", on_epoch=on_epoch)
+    results = run_results(trainer, test)
     rundir.write_results(run_dir, results)
+    if not test:
+        out(f"done: best val acc {results['best_val_acc']:.4f} (epoch {results['selected_epoch']}); test set not used")
+        return results
     tta = f" (TTA {results['tta']}; {results['test_acc_no_tta']:.4f} without)" if results["tta"] != "none" else ""
     best = f"best val acc {results['best_val_acc']:.4f} (epoch {results['selected_epoch']}), " \
         if results["best_val_acc"] is not None else f"selected last epoch {results['selected_epoch']}, "

@@ -253,7 +253,9 @@ class Trainer:
 
     # -- the epochs --
 
-    def fit(self, resume: bool = False) -> LoopState:
+    def fit(self, resume: bool = False, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> LoopState:
+        """Run the remaining epochs. ``on_epoch(row)`` sees each finished epoch's metrics row after its
+        checkpoint is written (e.g. a search reports it; an exception it raises stops the run there)."""
         if resume:
             self.load_checkpoint()
             self.out(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, batch {self.state.batch}")
@@ -281,6 +283,8 @@ class Trainer:
                     self.save_weights(rundir.LAST, epoch, val_acc)
                     self.save_checkpoint()
                 self.out(_epoch_line(row, self.epochs, improved))
+                if on_epoch is not None:
+                    on_epoch(row)
                 if self.stop.requested and not last_epoch:
                     raise TrainingInterrupted(self.run_dir, s.epoch, 0)
         if len(self.splits.val_y) == 0:  # no validation: the last epoch is the selected model
