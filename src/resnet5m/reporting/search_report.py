@@ -15,6 +15,7 @@ import io
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -239,10 +240,13 @@ def importances(study: Any) -> tuple[dict[str, float] | None, str]:
               if t.state.name == "COMPLETE" and not t.user_attrs.get("over_budget") and not t.user_attrs.get("invalid")]
     if len(trials) < 3:
         return None, f"needs at least 3 completed in-budget trials (have {len(trials)})"
-    try:
-        tmp = optuna.create_study(directions=["maximize"] * len(trials[0].values))
-        tmp.add_trials(trials)
-        scores = optuna.importance.get_param_importances(tmp, target=lambda t: t.values[0])
+    try:  # a single-objective copy on validation accuracy, so the evaluator knows higher is better
+        tmp = optuna.create_study(direction="maximize")
+        tmp.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.values[0])
+                        for t in trials])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores = optuna.importance.get_param_importances(tmp)
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
         return None, f"not computable ({' '.join(str(exc).split())[:160]})"
     if not scores:
@@ -277,6 +281,16 @@ def load_records(study_dir: Path, study: Any = None) -> tuple[list[dict[str, Any
     return rundir.read_json(snap, "trials snapshot")["trials"], None, meta
 
 
+def driver_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; with only psycopg2 installed, name that driver."""
+    import importlib.util
+
+    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
 def _try_load(study_dir: Path, meta: dict[str, Any]) -> Any:
     try:
         import optuna
@@ -285,7 +299,7 @@ def _try_load(study_dir: Path, meta: dict[str, Any]) -> Any:
         url = f"sqlite:///{(study_dir / 'study.db').resolve()}" if meta.get("storage") == "default" else meta["storage"]
         if url.startswith("sqlite") and not (study_dir / "study.db").exists() and meta.get("storage") == "default":
             return None
-        return optuna.load_study(study_name=meta["name"], storage=url)
+        return optuna.load_study(study_name=meta["name"], storage=driver_url(url))
     except Exception:  # unreachable server, missing driver, ...: use the snapshot
         return None
 

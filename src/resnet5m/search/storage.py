@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet5m.errors import UserError
+from resnet5m.reporting.search_report import driver_url
 
 DB_FILE = "study.db"
 HEARTBEAT_S = 10  # a worker writes a heartbeat for its running trial this often
@@ -58,8 +59,8 @@ def open_storage(url: str, *, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRA
         engine_kwargs = {"pool_pre_ping": True}
     try:
         retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s, grace_period=grace_s,
-                          heartbeat_stale_trial_callback=retry)
+        return RDBStorage(driver_url(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+                          grace_period=grace_s, heartbeat_stale_trial_callback=retry)
     except (ImportError, ModuleNotFoundError) as exc:
         raise UserError(f"--storage {shown}: the database driver is not installed ({exc.name or exc}); for "
                         "PostgreSQL: pip install psycopg2-binary") from None
