@@ -51,7 +51,7 @@ def trial_record(t: Any) -> dict[str, Any]:
         "params_count": ua.get("params"), "budget": ua.get("budget"), "train_s": ua.get("train_s"),
         "over_budget": bool(ua.get("over_budget")), "invalid": ua.get("invalid"), "error": ua.get("error"),
         "pruned_epoch": ua.get("pruned_epoch"), "selected_epoch": ua.get("selected_epoch"),
-        "epochs": ua.get("epochs"), "retry_of": ua.get("retry_of"), "run_dir": ua.get("run_dir"),
+        "epochs": ua.get("epochs"), "retry_of": t.system_attrs.get("failed_trial"), "run_dir": ua.get("run_dir"),
         "intermediate": inter, "objective": list(t.values) if t.values is not None else None,
         "start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
         "duration_s": t.duration.total_seconds() if t.duration else None,
@@ -85,6 +85,11 @@ def pareto_front(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def status_label(r: dict[str, Any]) -> str:
+    label = _status(r)
+    return f"{label} (retry of {r['retry_of']})" if r.get("retry_of") is not None else label
+
+
+def _status(r: dict[str, Any]) -> str:
     if r["over_budget"]:
         return "over budget"
     if r["invalid"]:
@@ -92,7 +97,8 @@ def status_label(r: dict[str, Any]) -> str:
     if r["state"] == "PRUNED":
         return f"pruned (epoch {r['pruned_epoch']})" if r.get("pruned_epoch") else "pruned"
     if r["state"] == "FAIL":
-        return "diverged" if (r["error"] or "").startswith("diverged") else "failed" if r["error"] else "killed"
+        return "diverged" if (r["error"] or "").startswith("diverged") else "failed" if r["error"] \
+            else "killed (heartbeat lost)"
     return r["state"].lower()
 
 

@@ -230,13 +230,15 @@ class Objective:
             params = count_parameters(build_model(cfg.model))
         except UserError as exc:
             trial.set_user_attr("invalid", str(exc)[:500])
-            trial.set_constraint(CONSTRAINT, 1.0)
+            if CONSTRAINT not in trial.constraints:
+                trial.set_constraint(CONSTRAINT, 1.0)
             self.out(f"trial {n}: invalid config, not trained ({str(exc)[:200]})")
             return _infeasible(setup.objectives, None)
         budget = cfg.budget
         trial.set_user_attr("params", params)
         trial.set_user_attr("budget", budget)
-        trial.set_constraint(CONSTRAINT, params - budget)  # feasible when <= 0; samplers learn to stay inside
+        if CONSTRAINT not in trial.constraints:  # a retried trial inherits it
+            trial.set_constraint(CONSTRAINT, params - budget)  # feasible when <= 0; samplers learn to stay inside
         if params > budget:
             trial.set_user_attr("over_budget", True)
             self.out(f"trial {n}: {params:,} params, over the budget of {budget:,}: not trained ({shown})")
@@ -297,7 +299,6 @@ class Objective:
         old = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen) if frozen is not None else None
         if old is None:
             return
-        trial.set_user_attr("retry_of", old)
         src = trial_dir(self.setup.dir, old)
         if rundir.status(src) == "resume":
             shutil.copytree(src, run_dir)
