@@ -50,7 +50,8 @@ def trial_record(t: Any) -> dict[str, Any]:
         "val_acc": None if ua.get("over_budget") or ua.get("invalid") else val_acc,
         "params_count": ua.get("params"), "budget": ua.get("budget"), "train_s": ua.get("train_s"),
         "over_budget": bool(ua.get("over_budget")), "invalid": ua.get("invalid"), "error": ua.get("error"),
-        "pruned_epoch": ua.get("pruned_epoch"), "selected_epoch": ua.get("selected_epoch"),
+        "pruned_epoch": ua.get("pruned_epoch"), "interrupted": bool(ua.get("interrupted")),
+        "selected_epoch": ua.get("selected_epoch"),
         "epochs": ua.get("epochs"), "retry_of": t.system_attrs.get("failed_trial"), "run_dir": ua.get("run_dir"),
         "intermediate": inter, "objective": list(t.values) if t.values is not None else None,
         "start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
@@ -96,6 +97,8 @@ def _status(r: dict[str, Any]) -> str:
         return "invalid"
     if r["state"] == "PRUNED":
         return f"pruned (epoch {r['pruned_epoch']})" if r.get("pruned_epoch") else "pruned"
+    if r["state"] == "FAIL" and r.get("interrupted"):
+        return "interrupted (Ctrl-C/SIGTERM, queued again)"
     if r["state"] == "FAIL":
         return "diverged" if (r["error"] or "").startswith("diverged") else "failed" if r["error"] \
             else "killed (heartbeat lost)"
@@ -112,7 +115,8 @@ def counts(records: list[dict[str, Any]]) -> dict[str, int]:
 
 def counts_line(records: list[dict[str, Any]]) -> str:
     c = counts(records)
-    order = ["complete", "pruned", "over budget", "invalid", "diverged", "failed", "killed", "running", "waiting"]
+    order = ["complete", "pruned", "over budget", "invalid", "diverged", "failed", "killed", "interrupted", "running",
+             "waiting"]
     return f"{len(records)} in all: " + ", ".join(f"{c[k]} {k}" for k in order if c.get(k))
 
 

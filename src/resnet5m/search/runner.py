@@ -153,11 +153,13 @@ def setup_study(space: Space, opts: SearchOptions, out: Printer = print) -> Stud
     return StudySetup(space, name, study_dir, url, objectives, pruner, opts.heartbeat)
 
 
-def make_sampler(setup: StudySetup, worker: int = 0) -> Any:
+def make_sampler(setup: StudySetup, worker: int = 0, existing: int = 0) -> Any:
+    """TPE (one objective) or NSGA-II (two). A seeded sampler is offset by the worker index and by the
+    trials the study already holds, so neither a second worker nor a continued study replays samples."""
     import optuna
 
     s = setup.space.spec.sampler
-    seed = None if s.seed is None else s.seed + worker  # workers must not replay each other's samples
+    seed = None if s.seed is None else s.seed + 1000 * worker + 7919 * existing
     if setup.multi:
         return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed)
     return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, seed=seed)
@@ -181,11 +183,15 @@ def open_study(setup: StudySetup, worker: int = 0) -> Any:
 
     storage = open_storage(setup.url, heartbeat_s=setup.heartbeat, grace_s=3 * setup.heartbeat)
     try:
-        return optuna.create_study(storage=storage, sampler=make_sampler(setup, worker), pruner=make_pruner(setup),
-                                   study_name=setup.name, directions=[DIRECTIONS[o] for o in setup.objectives],
-                                   load_if_exists=True)
+        study = optuna.create_study(storage=storage, sampler=make_sampler(setup, worker), pruner=make_pruner(setup),
+                                    study_name=setup.name, directions=[DIRECTIONS[o] for o in setup.objectives],
+                                    load_if_exists=True)
     except ValueError as exc:  # e.g. the stored study has other directions
         raise UserError(f"study {setup.name} in {display_url(setup.url)}: {exc}") from None
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:
+        study.sampler = make_sampler(setup, worker, existing)
+    return study
 
 
 # --- one trial ---------------------------------------------------------------------------------------
@@ -274,6 +280,9 @@ class Objective:
         except UserError as exc:
             trial.set_user_attr("error", str(exc)[:500])
             raise
+        except TrainingInterrupted:
+            trial.set_user_attr("interrupted", True)
+            raise
         val_acc, train_s = results["best_val_acc"], results["train_time_s"]
         for key, value in (("val_acc", val_acc), ("train_s", train_s), ("selected_epoch", results["selected_epoch"]),
                            ("epochs", results["epochs"])):
@@ -303,7 +312,7 @@ class Objective:
         if rundir.status(src) == "resume":
             shutil.copytree(src, run_dir)
             rundir.write_config(run_dir, config_to_yaml(cfg))
-            self.out(f"trial {trial.number}: retry of killed trial {old}, continuing from its checkpoint")
+            self.out(f"trial {trial.number}: retry of trial {old}, continuing from its checkpoint")
 
 
 # --- the worker loop ---------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def quiet_optuna() -> None:
     """Our own one-line messages replace Optuna's INFO log and its experimental-feature warnings."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # not "Trial N failed" + traceback: we say it in one line
     logging.getLogger("alembic").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
