@@ -256,3 +256,16 @@ def test_changed_space_or_objectives_refused(tmp_path):
     wider = load_space(write_space(tmp_path / "tiny.yaml", params={"optimizer.lr": {"low": 0.01, "high": 0.5}}))
     with pytest.raises(UserError, match="different searched keys"):
         setup_study(wider, opts)
+
+
+def test_pruner_choice(tmp_path):
+    from resnet5m.search.runner import make_pruner, setup_study
+
+    space = load_space(write_space(tmp_path / "p.yaml", pruner={"name": "hyperband", "min_resource": 1,
+                                                                 "reduction_factor": 2}))
+    runs = str(tmp_path / "runs")
+    assert isinstance(make_pruner(setup_study(space, SearchOptions(runs_dir=runs))), optuna.pruners.HyperbandPruner)
+    none = setup_study(space, SearchOptions(runs_dir=runs, pruner="none"))
+    assert isinstance(make_pruner(none), optuna.pruners.NopPruner)
+    median = setup_study(space, SearchOptions(runs_dir=runs, pruner="median"))
+    assert isinstance(make_pruner(median), optuna.pruners.MedianPruner)
