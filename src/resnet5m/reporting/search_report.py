@@ -334,7 +334,10 @@ def final_summary(study_dir: Path) -> dict[str, Any] | None:
     summary = rundir.read_json(path, "final summary")
     trial = study_dir / FINAL_DIR / "trial.json"
     if trial.exists():
-        summary = {**summary, **{"trial": rundir.read_json(trial, "final record").get("trial")}}
+        summary = {**summary, "trial": rundir.read_json(trial, "final record").get("trial")}
+    cfg_file = study_dir / FINAL_DIR / rundir.CONFIG
+    if cfg_file.exists():
+        summary = {**summary, "shortened": (read_yaml(cfg_file) or {}).get("shortened")}
     return summary
 
 
@@ -377,9 +380,10 @@ def _final_text(final: dict[str, Any] | None) -> str:
         return ("No test-set number: trials are scored on the validation split only. `resnet5m search SPACE "
                 "--final --seeds 100,101,102` retrains the best config on all 50,000 training images and tests it.")
     n = final.get("n", "?")
-    return (f"Final (trial {final.get('trial', '?')} retrained on all 50,000 training images, {n} fresh seed(s)): "
-            f"test accuracy {fmt_mean_std(final.get('test_acc'), 100)} %. This is the only test-set number "
-            "of the search.")
+    short = f" ({final['shortened']}: a quick version, not the trial's full recipe)" if final.get("shortened") else ""
+    return (f"Final (trial {final.get('trial', '?')} retrained without a validation split, {n} fresh seed(s))"
+            f"{short}: test accuracy {fmt_mean_std(final.get('test_acc'), 100)} %. This is the only test-set "
+            "number of the search.")
 
 
 def render_markdown(meta: dict[str, Any], rows: list[dict[str, str]], best: dict[str, Any] | None, line: str,

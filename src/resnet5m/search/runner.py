@@ -462,12 +462,13 @@ def final_config(setup: StudySetup, study: Any, overrides: list[str], threads: i
         raise UserError(f"study {setup.name}: no completed trial within the budget yet; nothing to retrain")
     cfg_file = setup.dir / best["run_dir"] / rundir.CONFIG
     data = load_config_file(cfg_file)
-    data = apply_overrides(data, ["data.val_size=0", "data.train_subset=null", f"name={setup.name}-final",
-                                  *overrides])
-    data["threads"] = threads
-    data["shortened"] = None
-    cfg = validate_config(data, where=f"final retraining of trial {best['number']}")
-    return cfg, best["number"]
+    data = apply_overrides(data, ["data.val_size=0", "data.train_subset=null", f"name={setup.name}-final"])
+    data["threads"], data["shortened"] = threads, None
+    where = f"final retraining of trial {best['number']}"
+    full = validate_config(data, where=where)
+    cfg = validate_config(apply_overrides(data, overrides), where=where)
+    note = shortening_note(full, cfg)  # a --set that trains less than the trial's recipe is marked
+    return cfg.model_copy(update={"shortened": note}), best["number"]
 
 
 def run_final(setup: StudySetup, opts: SearchOptions, data: Cifar10 | None = None,
