@@ -227,7 +227,7 @@ def test_tarball_with_bad_labels(tmp_path):
 
     p = tmp_path / "bad.tar.gz"
     build_official_tarball(p, mutate=mutate)
-    with pytest.raises(UserError, match="y_train has labels outside 0..9"):
+    with pytest.raises(UserError, match=r"data_batch_3: b.labels. has labels outside 0..9"):
         load_path(p)
 
 

@@ -106,5 +106,5 @@ def test_unreadable_and_missing_inputs(tmp_path):
     with pytest.raises(UserError, match="no image files"):
         load_inputs(tmp_path / "empty")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(UserError, match="object arrays are refused"):
+    with pytest.raises(UserError, match="holds pickled objects, which are refused"):
         load_inputs(tmp_path / "obj.npy")

@@ -3,12 +3,51 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Any
 
 from resnet5m.errors import UserError
 from resnet5m.models.budget import DEFAULT_BUDGET
 from resnet5m.models.resnet import ResNetConfig
 from resnet5m.util.validation import choices
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _writable_dir(folder: Path, what: str) -> None:
+    """Check, without creating anything, that ``folder`` is or can become a writable folder."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor or "."))
+    if not existing.is_dir():
+        raise UserError(f"{what} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {folder}: {existing} is not writable")
+
+
+def check_output_file(path: str | Path, what: str = "output") -> Path:
+    """Fail early, in one line, when ``path`` cannot be written as a file (a folder, under a file, read-only)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what} {p}: is a folder; give a file name")
+    _writable_dir(p.parent if str(p.parent) else Path("."), what)
+    return p
+
+
+def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Fail early, in one line, when ``path`` cannot be used as an output folder (a file, read-only)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {p}: is a file, not a folder")
+    _writable_dir(p, what)
+    return p
 
 
 def int_list(text: str) -> list[int]:

@@ -5,19 +5,22 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
+import math
 import warnings
 from pathlib import Path
 
 import torch
 
+from resnet5m.cli.common import check_output_dir, check_output_file, positive_int
 from resnet5m.data.cifar10 import CLASSES
 from resnet5m.data.sources import load_cifar10, load_labeled_set
+from resnet5m.errors import UserError
 from resnet5m.evaluation.evaluate import evaluate_model, format_report, write_confusion_csv
 from resnet5m.evaluation.export import FORMATS, export_model
 from resnet5m.evaluation.inference import TTA_MODES, predict_logits
 from resnet5m.evaluation.inputs import load_inputs
 from resnet5m.io.atomic import atomic_write_text
+from resnet5m.io.rundir import write_json
 from resnet5m.models.weights import load_trained_model
 from resnet5m.runtime.device import resolve_device
 
@@ -33,7 +36,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", "--out", dest="output",
                    help="output folder (default: RUN/evaluation or next to the weights)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=1000)
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser("predict", help="predict labels for an unlabeled test set (CSV: ID,Labels)")
@@ -42,7 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="predictions.csv", help="CSV to write (default predictions.csv)")
     p.add_argument("--tta", choices=TTA_MODES, default="flip_translate")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=1000)
     p.set_defaults(func=run_predict)
 
     p = sub.add_parser("export", help="export to ONNX or TorchScript (normalisation baked in)")
@@ -69,14 +72,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, info = _inference_model(args.model, device)
     images, labels, source = load_labeled_set(args.data, args.split)
+    out = check_output_dir(args.output if args.output else _default_out(args.model, "evaluation"))
     modes = list(TTA_MODES) if args.tta == "all" else [args.tta]
     result = evaluate_model(model, images, labels, tta_modes=modes, batch_size=args.batch_size, device=device)
     result["reported_mode"] = modes[-1] if args.tta != "all" else "flip_translate"
     result.update(weights=info["weights_path"], data=source, split=args.split)
-    out = Path(args.output) if args.output else _default_out(args.model, "evaluation")
-    out.mkdir(parents=True, exist_ok=True)
+    if any(not math.isfinite(r["loss"]) for r in result["modes"].values()):
+        result["note"] = "null values: the loss was not finite (the logits overflowed)"
     best = result["modes"][result["reported_mode"]]
-    atomic_write_text(out / "evaluation.json", json.dumps(result, indent=2) + "\n")
+    write_json(out / "evaluation.json", result)
     write_confusion_csv(out / "confusion.csv", best["confusion"])
     from resnet5m.reporting.plots import confusion_heatmap
 
@@ -91,11 +95,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     inputs = load_inputs(args.input)  # validate the input before loading the model
+    is_image = Path(args.input).is_file() and Path(args.input).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp",
+                                                                                 ".gif", ".webp")
+    if not is_image:
+        check_output_file(args.output)
     model, info = _inference_model(args.model, device)
     logits = predict_logits(model, inputs.images, batch_size=args.batch_size, tta=args.tta, device=device)
+    if not torch.isfinite(logits).all():
+        raise UserError(f"{info['weights_path']}: the model's outputs are not finite (NaN or inf) for "
+                        f"{int((~torch.isfinite(logits)).any(1).sum())} of {len(logits)} images; nothing written")
     probs = torch.softmax(logits, 1)
-    if Path(args.input).is_file() and Path(args.input).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp",
-                                                                           ".gif", ".webp"):
+    if is_image:
         top = probs[0].topk(3)
         print(f"{args.input}:")
         for p, c in zip(top.values.tolist(), top.indices.tolist()):
@@ -113,9 +123,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    out = check_output_file(args.output if args.output else _default_out(
+        args.model, "model.onnx" if args.format == "onnx" else "model.pt"))
     model, info = load_trained_model(args.model, "cpu")
-    out = Path(args.output) if args.output else _default_out(args.model, "model.onnx" if args.format == "onnx"
-                                                                else "model.pt")
     data = load_cifar10(args.data)
     batch = data.test_images[:256].float() / 255
     with warnings.catch_warnings():

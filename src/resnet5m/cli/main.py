@@ -39,13 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"resnet5m: error: {exc}", file=sys.stderr)
+        print(f"resnet5m: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("resnet5m: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `resnet5m presets | head`
         return 0
+    except OSError as exc:  # the file system said no (permissions, a full disk, a file where a folder should be)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"resnet5m: error: {one_line(where + str(exc.strerror or exc))}", file=sys.stderr)
+        return 2
+
+
+def one_line(message: str, limit: int = 2000) -> str:
+    """Every error is one line, of bounded length."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ def run_train(args: argparse.Namespace) -> int:
         return _resume(Path(args.resume), args, progress)
     cfg = config_from_args(args)
     check_budget(build_model(cfg.model), cfg.budget, cfg.allow_over_budget, name=f"model ({cfg.model.family})")
+    rundir.check_root(args.runs_dir)
     data = load_cifar10(cfg.data.path, download=cfg.data.download)
     run_dir = rundir.new_run_dir(args.runs_dir, cfg.name)
     try:
@@ -129,7 +130,7 @@ def run_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(f"resnet5m: {exc}")
         return 130
-    except (UserError, KeyboardInterrupt):
+    except BaseException:  # rejected, interrupted or failed before its first epoch: leave no directory
         discard_unstarted(run_dir)
         raise
     return 0

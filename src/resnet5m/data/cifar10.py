@@ -36,6 +36,17 @@ class Cifar10:
                 f"source={self.source!r})")
 
 
+def as_array(value: object, what: str) -> np.ndarray:
+    """``np.asarray`` for values read from users' files: ragged or mixed lists are a one-line error."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise UserError(f"{what} is not a regular array ({str(exc).splitlines()[0][:100]})") from None
+    if arr.dtype.hasobject:
+        raise UserError(f"{what} is not a regular array (mixed or ragged values)")
+    return arr
+
+
 def check_images(x: np.ndarray, what: str, layout: str = "NHWC") -> None:
     """Raise a one-line :class:`UserError` unless ``x`` is a uint8 batch of 32x32 RGB images."""
     expected = "(N, 32, 32, 3)" if layout == "NHWC" else "(N, 3, 32, 32)"

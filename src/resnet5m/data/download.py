@@ -152,7 +152,7 @@ def cached_tarball(cache_dir: str | os.PathLike[str], *, allow_download: bool = 
         if not allow_download:
             raise UserError(f"{tarball}: MD5 mismatch (got {got}, expected {md5}); the cached copy is damaged or "
                             "not the official file: delete it, or allow the download to replace it")
-        tarball.unlink()  # a stale or foreign file: fetch again
+        # a stale or foreign file: fetch again; download() replaces it only once the new copy verifies
     elif not allow_download:
         raise UserError(f"{tarball}: not found and download is off")
     download(url, tarball, md5, progress=progress)

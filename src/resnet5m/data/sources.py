@@ -6,16 +6,18 @@ Resolution order: explicit ``--data PATH`` > ``$RESNET5M_DATA`` > the user cache
 from __future__ import annotations
 
 import io
+import math
 import os
 import tarfile
 import zipfile
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from resnet5m.data.cifar10 import Cifar10, check_images, check_labels, from_arrays, to_nchw
+from resnet5m.data.cifar10 import Cifar10, as_array, check_images, check_labels, from_arrays, to_nchw
 from resnet5m.data.download import EXTRACTED_NAME, TARBALL_NAME, cached_tarball, fetch_cifar10
 from resnet5m.errors import UserError
 from resnet5m.io.safe_pickle import restricted_load
@@ -34,17 +36,61 @@ def cache_dir() -> Path:
     return Path(base) / "resnet5m"
 
 
+MAX_ARRAY_BYTES = 1 << 30  # per file; all of CIFAR-10 is 184 MB
+
+
+def _check_npy_header(fh: BinaryIO, available: int, where: str) -> int:
+    """Read an .npy header and refuse arrays that hold objects, or whose declared size exceeds the bytes the
+    file holds or ``MAX_ARRAY_BYTES`` (numpy would allocate the declared size before reading); returns it."""
+    version = np.lib.format.read_magic(fh)
+    if version not in ((1, 0), (2, 0)):
+        raise UserError(f"{where}: unsupported .npy version {version}")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(fh)
+    if dtype.hasobject:
+        raise UserError(f"{where}: holds pickled objects, which are refused; store plain uint8 arrays")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > available - fh.tell() or nbytes > MAX_ARRAY_BYTES:
+        raise UserError(f"{where}: declares {nbytes:,} bytes of data but holds {max(0, available - fh.tell()):,} "
+                        f"(limit {MAX_ARRAY_BYTES:,}); refused")
+    return nbytes
+
+
+def _corrupt(path: Path, kind: str, exc: Exception) -> UserError:
+    return UserError(f"{path}: truncated or corrupt {kind} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+                     if str(exc) else f"{path}: truncated or corrupt {kind} ({type(exc).__name__})")
+
+
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an .npz, without unpickling; a broken file is a one-line error."""
+    """Every array of an .npz, without unpickling and without trusting its headers; a broken or
+    hostile file is a one-line error."""
     try:
+        total = 0
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.filename.endswith(".npy"):
+                    with zf.open(info) as fh:
+                        total += _check_npy_header(fh, info.file_size, f"{path}: {info.filename}")
+        if total > MAX_ARRAY_BYTES:
+            raise UserError(f"{path}: declares {total:,} bytes of arrays (limit {MAX_ARRAY_BYTES:,}); refused")
         with np.load(path, allow_pickle=False) as d:
             return {k: d[k] for k in d.files}
-    except ValueError as exc:
-        if "pickle" in str(exc):
-            raise UserError(f"{path}: holds pickled objects, which are refused; store plain uint8 arrays") from None
-        raise UserError(f"{path}: truncated or corrupt .npz ({exc})") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-        raise UserError(f"{path}: truncated or corrupt .npz ({exc})") from None
+    except UserError:
+        raise
+    except Exception as exc:  # zipfile, zlib and numpy's header parser raise many types on damaged input
+        raise _corrupt(path, ".npz", exc) from None
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """One .npy array, checked like :func:`read_npz`."""
+    try:
+        with open(path, "rb") as fh:
+            _check_npy_header(fh, path.stat().st_size, str(path))
+        return np.load(path, allow_pickle=False)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise _corrupt(path, ".npy", exc) from None
 
 
 def load_npz(path: Path) -> Cifar10:
@@ -87,10 +133,11 @@ def _decode_batch(obj: object, where: str) -> tuple[np.ndarray, np.ndarray]:
     """One official batch dict -> (images NCHW uint8, labels)."""
     if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
         raise UserError(f"{where}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
-    data = np.asarray(obj[b"data"])
+    data = as_array(obj[b"data"], f"{where}: b'data'")
     if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
         raise UserError(f"{where}: b'data' has shape {data.shape} dtype {data.dtype}, expected (N, 3072) uint8")
-    return data.reshape(-1, 3, 32, 32), np.asarray(obj[b"labels"])
+    labels = check_labels(as_array(obj[b"labels"], f"{where}: b'labels'"), len(data), f"{where}: b'labels'")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def _assemble(batches: dict[str, tuple[np.ndarray, np.ndarray]], source: str) -> Cifar10:
@@ -130,7 +177,8 @@ def load_tarball(path: Path) -> Cifar10:
                     where = f"{path}:{m.name}"
                     batches[base] = _decode_batch(restricted_load(io.BytesIO(raw), name=where), where)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise UserError(f"{path}: truncated or corrupt archive ({exc})") from None
+        detail = "empty file" if path.is_file() and path.stat().st_size == 0 else str(exc).splitlines()[0].rstrip(":")
+        raise UserError(f"{path}: truncated or corrupt archive ({detail})") from None
     return _assemble(batches, str(path))
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from resnet5m.data.cifar10 import to_nchw
-from resnet5m.data.sources import read_npz
+from resnet5m.data.cifar10 import as_array, to_nchw
+from resnet5m.data.sources import read_npy, read_npz
 from resnet5m.errors import UserError
 from resnet5m.io.safe_pickle import restricted_load
 
@@ -32,13 +32,13 @@ class Inputs:
 
 
 def _finish(data: np.ndarray, ids: Any, where: str) -> Inputs:
-    images = to_nchw(np.asarray(data), where)
+    images = to_nchw(as_array(data, f"{where}: images"), where)
     if len(images) == 0:
         raise UserError(f"{where}: contains no images")
     if ids is None:
         ids_list: list[Any] = list(range(len(images)))
     else:
-        ids_arr = np.asarray(ids)
+        ids_arr = as_array(ids, f"{where}: ids")
         if ids_arr.ndim != 1:
             raise UserError(f"{where}: ids have shape {tuple(ids_arr.shape)}, expected one id per image")
         ids_list = [i.decode() if isinstance(i, bytes) else (i.item() if hasattr(i, "item") else i)
@@ -66,7 +66,7 @@ def load_pickle(path: Path) -> Inputs:
     if data is None:
         keys = ", ".join(repr(k) for k in list(obj)[:8])
         raise UserError(f"{path}: no b'data' key (keys: {keys})")
-    return _finish(np.asarray(data), _get(obj, "ids", "id"), str(path))
+    return _finish(data, _get(obj, "ids", "id"), str(path))
 
 
 def load_npz(path: Path) -> Inputs:
@@ -79,13 +79,10 @@ def load_npz(path: Path) -> Inputs:
 
 
 def load_npy(path: Path) -> Inputs:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise UserError(f"{path}: cannot read ({exc}); object arrays are refused") from None
-    except (OSError, EOFError) as exc:
-        raise UserError(f"{path}: truncated or corrupt .npy ({exc})") from None
-    return _finish(arr, None, str(path))
+    return _finish(read_npy(path), None, str(path))
+
+
+MAX_IMAGE_PIXELS = 4096 * 4096  # far past any photo worth shrinking to 32x32; a header claiming more is refused
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -94,13 +91,16 @@ def read_image(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
+            if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                raise UserError(f"{path}: {im.size[0]}x{im.size[1]} pixels, over the limit of {MAX_IMAGE_PIXELS:,} "
+                                "for 32x32 work; refused")
             im = im.convert("RGB")
             if im.size != (32, 32):
                 warnings.warn(f"{path.name}: {im.size[0]}x{im.size[1]} resized to 32x32", stacklevel=2)
                 im = im.resize((32, 32), Image.Resampling.BILINEAR)
             return np.array(im, dtype=np.uint8).transpose(2, 0, 1).copy()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable image ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise UserError(f"{path}: unreadable image ({str(exc).splitlines()[0][:160]})") from None
 
 
 def load_image_folder(folder: Path) -> Inputs:

@@ -14,12 +14,16 @@ This module is below both training and reporting: every other module names these
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import math
 import os
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +40,7 @@ RESULTS = "results.json"
 SEEDS = "seeds.json"
 SUMMARY = "summary.json"
 STUDY = "study.json"
+LOCK = ".lock"
 WEIGHTS = (BEST, LAST)  # what `evaluate`/`predict`/`export` look for, in this order
 
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "time_s", "images_per_s",
@@ -53,15 +58,22 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_root(root: str | Path) -> Path:
+    """``--runs-dir`` must be a folder, or not exist yet (checked before any work starts)."""
+    root = Path(root)
+    existing = next(p for p in (root, *root.parents) if p.exists() or p == Path(p.anchor or "."))
+    if not existing.is_dir():
+        raise UserError(f"--runs-dir {root}: {existing} is a file, not a folder")
+    return root
+
+
 def new_run_dir(root: str | Path, name: str | None) -> Path:
     """Create a fresh run directory under ``root`` (named, or a timestamp) and return it.
 
     The directory is created with one ``mkdir`` (no check-then-create window): two processes asking
     for the same name cannot both get it.
     """
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--runs-dir {root}: is a file, not a folder")
+    root = check_root(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -87,6 +99,30 @@ def new_run_dir(root: str | Path, name: str | None) -> Path:
             i += 1
         except OSError as exc:
             raise UserError(f"{run}: cannot create ({exc.strerror or exc})") from None
+
+
+@contextlib.contextmanager
+def lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` while training it: one directory, one writer.
+
+    An advisory ``flock`` on ``RUN/.lock``, released by the kernel on any exit (a lock left by a killed
+    process is stale by construction and simply taken over); the file names the holder (PID, host) for
+    the error a second writer gets. Local file systems only (NFS locking is not relied upon).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(f"{run_dir} is being trained by {holder}; wait for it to finish or stop it first") \
+                from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def status(run_dir: Path) -> Status:

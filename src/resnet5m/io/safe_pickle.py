@@ -1,15 +1,18 @@
 """A restricted unpickler for files we did not write (CIFAR batches, users' test sets).
 
-Only plain containers, numbers, strings/bytes and numpy arrays can be rebuilt: the pickle
-may name no other global, so a pickle that would import or call anything else (``os.system``,
-``builtins.eval``, ...) is refused before anything runs.
+Only plain containers, numbers, strings/bytes and plain numeric numpy arrays can be rebuilt: the
+pickle may name no other global, so a pickle that would import or call anything else (``os.system``,
+``builtins.eval``, ``numpy.ndarray(shape)``, ...) is refused before anything runs, and every array's
+size is bounded by the bytes the file itself holds.
 """
 
 from __future__ import annotations
 
 import importlib
 import io
+import math
 import pickle
+import re
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -23,33 +26,72 @@ except ImportError:  # pragma: no cover - numpy 1.x
     _multiarray = importlib.import_module("numpy.core.multiarray")
     _numeric = importlib.import_module("numpy.core.numeric")
 
-# The only globals a CIFAR-style pickle needs: numpy's array/dtype reconstructors, and the
-# codec Python 3 uses to pickle ``bytes`` with protocol < 3.
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): None,  # filled below: only the latin-1 form is admitted
-    ("builtins", "bytearray"): bytearray,
-}
-
-
-def _latin1_encode(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
-    if encoding not in ("latin1", "latin-1"):
-        raise _Refused(f"codec {encoding!r} is not allowed")
-    return text.encode("latin1", errors)
-
-
-_ALLOWED[("_codecs", "encode")] = _latin1_encode
+_SIMPLE_DTYPE = re.compile(r"^[<>|=]?(b1|[iu][1248]|f[248]|c(8|16))$")
 
 
 class _Refused(pickle.UnpicklingError):
     """The pickle asked for something outside the allow-list."""
+
+
+class _NdarrayToken:
+    """Stands in for ``numpy.ndarray``: numpy's reconstructor may name it, nobody may call it (calling
+    ``ndarray(shape)`` would allocate whatever the file asks for)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Refused("numpy.ndarray may only be rebuilt by numpy's own reconstructor")
+
+
+_NDARRAY = _NdarrayToken()
+
+
+def _dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
+    """Plain numeric dtypes only (no object, string, void or structured types)."""
+    if not isinstance(spec, str) or not _SIMPLE_DTYPE.match(spec):
+        raise _Refused(f"dtype {str(spec)[:40]!r} is not a plain numeric type")
+    return np.dtype(spec)
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's pickled-array header: an empty array whose data (checked against its shape by numpy)
+    arrives next, from the file itself."""
+    if subtype is not _NDARRAY or shape != (0,):
+        raise _Refused("unexpected array reconstruction")
+    return _multiarray._reconstruct(np.ndarray, (0,), dtype)
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """Protocol-5 arrays: the bytes come from the file, so their size bounds the array."""
+    if not isinstance(buf, (bytes, bytearray)) or not isinstance(dtype, np.dtype) or not isinstance(shape, tuple) \
+            or not all(isinstance(d, int) and d >= 0 for d in shape) or order not in ("C", "F"):
+        raise _Refused("unexpected array buffer")
+    if math.prod(shape) * dtype.itemsize != len(buf):
+        raise _Refused(f"array shape {shape} does not match its {len(buf)} bytes")
+    return _numeric._frombuffer(buf, dtype, shape, order)
+
+
+def _scalar(dtype: Any, data: Any = None) -> Any:
+    if not isinstance(dtype, np.dtype) or not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise _Refused("unexpected numpy scalar")
+    return _multiarray.scalar(dtype, data)
+
+
+def _latin1_encode(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"codec {str(encoding)[:20]!r} is not allowed")
+    return text.encode("latin1", errors)
+
+
+# The only globals a CIFAR-style pickle needs, each wrapped so that what it builds is bounded by the
+# file's own bytes: numpy's array/dtype/scalar reconstructors, and the codec Python 3 uses to pickle
+# ``bytes`` with protocol < 3.
+_ALLOWED: dict[tuple[str, str], Any] = {}
+for _mod in ("numpy._core", "numpy.core"):
+    _ALLOWED[(f"{_mod}.multiarray", "_reconstruct")] = _reconstruct
+    _ALLOWED[(f"{_mod}.multiarray", "scalar")] = _scalar
+    _ALLOWED[(f"{_mod}.numeric", "_frombuffer")] = _frombuffer
+_ALLOWED[("numpy", "ndarray")] = _NDARRAY
+_ALLOWED[("numpy", "dtype")] = _dtype
+_ALLOWED[("_codecs", "encode")] = _latin1_encode
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -99,7 +141,7 @@ def restricted_load(source: str | bytes | BinaryIO, *, name: str = "pickle", enc
         raise UserError(f"{name}: unsafe or unsupported pickle refused ({exc}); only plain containers, "
                         "numbers, str/bytes and numpy arrays are allowed") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            OverflowError) as exc:
+            OverflowError, MemoryError, RecursionError, UnicodeDecodeError) as exc:
         raise UserError(f"{name}: truncated or corrupt pickle ({type(exc).__name__}: {exc})") from None
     except OSError as exc:
         raise UserError(f"{name}: cannot read ({exc.strerror or exc})") from None

@@ -17,6 +17,7 @@ from resnet5m import __version__
 from resnet5m.errors import UserError
 from resnet5m.io.atomic import atomic_write_bytes
 from resnet5m.io.rundir import WEIGHTS
+from resnet5m.models.budget import DEFAULT_BUDGET, count_parameters
 from resnet5m.models.registry import build_model, parse_model_config
 
 
@@ -45,27 +46,59 @@ def resolve_weights_path(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """Return (state_dict, model_config_dict, info) from a weights file or run directory."""
+MAX_PARAMS = 100_000_000  # the most any weights file may describe, even one trained over the budget
+
+
+def _json(meta: dict[str, str], key: str, where: Path, default: str | None = None) -> Any:
+    try:
+        return json.loads(meta[key] if key in meta or default is None else default)
+    except (KeyError, ValueError, RecursionError):
+        raise UserError(f"{where}: damaged weights metadata ({key} is not JSON)") from None
+
+
+def read_weights_file(path: str | os.PathLike[str]) -> tuple[Path, dict[str, tuple[int, ...]], dict[str, str]]:
+    """(path, tensor name -> shape, metadata) from a weights file's header only: nothing is allocated."""
     p = resolve_weights_path(path)
     try:
         with safe_open(str(p), framework="pt") as fh:
             meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not a dict
-    except Exception as exc:  # damaged or foreign file
-        raise UserError(f"{p}: not a readable safetensors file ({exc})") from None
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a dict
+    except Exception as exc:  # damaged or foreign file: safetensors raises its own error types
+        raise UserError(f"{p}: not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
     if meta.get("format") != "resnet5m-weights" or "model_config" not in meta:
         raise UserError(f"{p}: not a resnet5m weights file (no model config in its metadata)")
-    return state, json.loads(meta["model_config"]), json.loads(meta.get("info", "{}"))
+    return p, shapes, meta
 
 
 def load_trained_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """Build the model described in the file's metadata and load its weights (eval mode)."""
-    state, cfg_dict, info = load_weights(path)
-    model = build_model(parse_model_config(cfg_dict, where=str(path)))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserError(f"{path}: weights do not match the stored model config ({str(exc).splitlines()[0]})") from None
-    info = {**info, "weights_path": str(resolve_weights_path(path))}
-    return model.to(device).eval(), info
+    """Build the model described in the file's metadata and load its weights (eval mode).
+
+    Before anything is allocated, the described model is built on the meta device and checked: its size
+    against the run's parameter budget (unless the run was allowed over it; never past ``MAX_PARAMS``),
+    and its tensor names and shapes against the file's header. Non-finite weights are refused.
+    """
+    p, shapes, meta = read_weights_file(path)
+    cfg = parse_model_config(_json(meta, "model_config", p), where=f"{p} (model config)")
+    info = _json(meta, "info", p, default="{}")
+    if not isinstance(info, dict):
+        raise UserError(f"{p}: damaged weights metadata (info is not a mapping)")
+    with torch.device("meta"):
+        described = build_model(cfg)
+    n = count_parameters(described)
+    budget = info.get("budget") if isinstance(info.get("budget"), int) else DEFAULT_BUDGET
+    limit = MAX_PARAMS if info.get("allow_over_budget") is True else min(budget, MAX_PARAMS)
+    if n > limit:
+        raise UserError(f"{p}: describes a model of {n:,} trainable parameters, over the limit of {limit:,} "
+                        f"({'the hard limit' if limit == MAX_PARAMS else 'its run budget'}); refused")
+    expected = {k: tuple(v.shape) for k, v in described.state_dict().items()}
+    if expected != shapes:
+        wrong = sorted(set(expected) ^ set(shapes)) or [k for k in expected if expected[k] != shapes[k]]
+        raise UserError(f"{p}: weights do not match the stored model config (first difference: {wrong[0]})")
+    with safe_open(str(p), framework="pt") as fh:
+        state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not a dict
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise UserError(f"{p}: weight {bad} holds NaN or inf values; refused")
+    model = build_model(cfg)
+    model.load_state_dict(state)
+    return model.to(device).eval(), {**info, "weights_path": str(p)}

@@ -185,6 +185,13 @@ class RunConfig(StrictModel):
         # against its family only (a bad key names that family's fields, not every family's)
         return model_spec_to_dict(v)
 
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, v: str | None) -> str | None:
+        if v in (".", ".."):
+            raise ValueError("must not be '.' or '..' (a run name is a folder name)")
+        return v
+
     @model_validator(mode="after")
     def _selection_needs_validation(self) -> RunConfig:
         # without a validation split there is nothing honest to select on (never the test set)

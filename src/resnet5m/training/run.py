@@ -69,6 +69,12 @@ def train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, *, out: Printer = pr
     results are returned), a checkpointed one resumes exactly, one killed before its first
     checkpoint starts over in place, and a new one starts.
     """
+    with rundir.lock(run_dir):
+        return _train_run(cfg, data, run_dir, out, progress, test, on_epoch)
+
+
+def _train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, out: Printer, progress: bool, test: bool,
+               on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     status = rundir.status(run_dir)
     if status == "finished":
         out(f"{run_dir}: already finished, skipping")
@@ -100,6 +106,12 @@ def train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, *, out: Printer = pr
 def train_seeds(cfg: RunConfig, data: Cifar10, run_dir: Path, seeds: list[int], *, out: Printer = print,
                 progress: bool = True) -> dict[str, Any]:
     """Train ``cfg`` once per seed (``run_dir/seed{N}``, each resumable) and write the mean ± std summary."""
+    with rundir.lock(run_dir):
+        return _train_seeds(cfg, data, run_dir, seeds, out, progress)
+
+
+def _train_seeds(cfg: RunConfig, data: Cifar10, run_dir: Path, seeds: list[int], out: Printer,
+                 progress: bool) -> dict[str, Any]:
     results = []
     for seed in seeds:
         seed_cfg = cfg.model_copy(update={"seed": seed, "name": f"{cfg.name or run_dir.name}-seed{seed}"})

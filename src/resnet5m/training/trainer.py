@@ -196,7 +196,8 @@ class Trainer:
 
     def save_weights(self, name: str, epoch: int, val_acc: float | None) -> None:
         save_weights(self.run_dir / name, self.eval_model(),
-                     {"epoch": epoch + 1, "val_acc": val_acc, "seed": self.cfg.seed, "run": self.run_dir.name})
+                     {"epoch": epoch + 1, "val_acc": val_acc, "seed": self.cfg.seed, "run": self.run_dir.name,
+                      "budget": self.cfg.budget, "allow_over_budget": self.cfg.allow_over_budget})
 
     # -- one epoch --
 

@@ -1,0 +1,521 @@
+"""Hostile and broken inputs: every one is a one-line error (exit 2), with bounded time and memory,
+nothing half-written, nothing outside the folders asked for; one run directory has one writer.
+
+Each test here reproduces a case found by a hostile-user review (issue #13); the fuzz test feeds
+hundreds of randomly corrupted files to the commands (tests/fuzz_worker.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import resource
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save
+
+from resnet5m.cli.main import main
+from resnet5m.models import build_model, parse_model_config
+from resnet5m.models.weights import save_weights
+
+TINY_MODEL = {"family": "resnet", "blocks": [1], "channels": [8]}
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, (code, err)
+    assert err.count("\n") == 1 and err.startswith("resnet5m: error: ") and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def limited(args: list[str], gib: int = 2, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """Run the CLI in a subprocess under an address-space limit, so a memory bomb cannot take the machine down."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (gib << 30, gib << 30))
+    return subprocess.run([sys.executable, "-m", "resnet5m.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=limit, **kw)
+
+
+@pytest.fixture
+def weights(tmp_path) -> Path:
+    torch.manual_seed(0)
+    model = build_model(parse_model_config(TINY_MODEL))
+    path = tmp_path / "w.safetensors"
+    save_weights(path, model, {"epoch": 1, "budget": 5_000_000, "allow_over_budget": False})
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path) -> Path:
+    path = tmp_path / "inputs.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
+    return path
+
+
+def resave(src: Path, dst: Path, *, tensors=None, **meta_changes) -> Path:
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as fh:
+        meta = dict(fh.metadata())
+        state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    meta.update(meta_changes)
+    dst.write_bytes(save(tensors(state) if tensors else state, metadata=meta))
+    return dst
+
+
+# --- 1. weights that describe a huge model ---------------------------------------------------------
+
+def test_weights_describing_a_huge_model_are_refused_before_allocating(weights, inputs, tmp_path):
+    huge = json.dumps({"family": "resnet", "blocks": [64, 64, 64, 64], "channels": [2048] * 4})
+    bad = resave(weights, tmp_path / "huge.safetensors", model_config=huge)
+    assert bad.stat().st_size < 100_000
+    for args in (["predict", str(bad), str(inputs), "-o", str(tmp_path / "p.csv")],
+                 ["evaluate", str(bad), "--data", str(inputs), "-o", str(tmp_path / "ev")],
+                 ["export", str(bad), "-o", str(tmp_path / "m.onnx")]):
+        t0 = time.time()
+        r = limited(args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr[-500:]
+        assert "trainable parameters, over the limit" in r.stderr and time.time() - t0 < 60
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "ev").exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_weights_whose_tensors_do_not_match_their_config(weights, capsys, inputs, tmp_path):
+    other = json.dumps({"family": "resnet", "blocks": [1], "channels": [16]})
+    bad = resave(weights, tmp_path / "b.safetensors", model_config=other)
+    one_line_error(*run_cli(capsys, "predict", str(bad), str(inputs), "-o", str(tmp_path / "p.csv")),
+                   "weights do not match the stored model config")
+    notjson = resave(weights, tmp_path / "c.safetensors", model_config="{not json")
+    one_line_error(*run_cli(capsys, "predict", str(notjson), str(inputs), "-o", str(tmp_path / "p.csv")),
+                   "model_config is not JSON")
+    badinfo = resave(weights, tmp_path / "d.safetensors", info="[1, 2")
+    one_line_error(*run_cli(capsys, "evaluate", str(badinfo), "--data", str(inputs)), "info is not JSON")
+    assert not (tmp_path / "p.csv").exists()
+
+
+# --- 2. pickles that ask for huge allocations ----------------------------------------------------------
+
+class _HugeArray:
+    def __reduce__(self):
+        return (np.ndarray, ((1 << 40,),))
+
+
+class _HugeBytearray:
+    def __reduce__(self):
+        return (bytearray, (1 << 40,))
+
+
+@pytest.mark.parametrize("obj", [_HugeArray(), _HugeBytearray()], ids=["ndarray", "bytearray"])
+def test_tiny_pickle_requesting_a_tebibyte_is_refused(obj, weights, tmp_path):
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(pickle.dumps({b"data": obj}, protocol=2))
+    assert path.stat().st_size < 100
+    r = limited(["predict", str(weights), str(path), "-o", str(tmp_path / "p.csv")])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "refused" in r.stderr, r.stderr[-500:]
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_array_shape_larger_than_its_bytes_is_refused(tmp_path):
+    from resnet5m.errors import UserError
+    from resnet5m.io.safe_pickle import restricted_load
+
+    assert restricted_load(pickle.dumps(np.zeros(4, np.uint8), protocol=5)).shape == (4,)  # a real array loads
+    import numpy._core.numeric as numeric
+
+    class Lying:
+        def __reduce__(self):
+            return (numeric._frombuffer, (bytearray(4), np.dtype("u1"), (1 << 40,), "C"))
+
+    with pytest.raises(UserError, match="does not match its 4 bytes"):
+        restricted_load(pickle.dumps(Lying(), protocol=5))
+
+
+# --- 3. YAML alias bomb -------------------------------------------------------------------------------
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path, data_env):
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\ndescription: *a9\n")
+    t0 = time.time()
+    r = limited(["train", "--config", str(tmp_path / "bomb.yaml"), "--runs-dir", str(tmp_path / "runs")], timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "expands to more than" in r.stderr, r.stderr[-300:]
+    assert time.time() - t0 < 30 and not (tmp_path / "runs").exists()
+
+
+# --- 4. image headers claiming giant sizes ------------------------------------------------------------------
+
+def test_png_claiming_60000_squared_pixels_is_one_line(weights, capsys, tmp_path):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())
+    png[16:24] = struct.pack(">II", 60000, 60000)  # IHDR width, height
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    (tmp_path / "bomb.png").write_bytes(bytes(png))
+    one_line_error(*run_cli(capsys, "predict", str(weights), str(tmp_path / "bomb.png")), "bomb.png")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "bomb.png").write_bytes(bytes(png))
+    one_line_error(*run_cli(capsys, "predict", str(weights), str(folder), "-o", str(tmp_path / "p.csv")))
+    assert not (tmp_path / "p.csv").exists()
+
+
+# --- 5. tracebacks that are now one line ------------------------------------------------------------------
+
+@pytest.mark.parametrize("content, needle", [
+    ({b"data": [[1, 2, 3], [4, 5]]}, "not a regular array"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"ids": [[1], [2, 3]]}, "not a regular array"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"ids": [1, "x", [2]]}, "not a regular array"),
+], ids=["ragged-data", "ragged-ids", "mixed-ids"])
+def test_ragged_pickles_are_one_line(content, needle, weights, capsys, tmp_path):
+    (tmp_path / "t.pkl").write_bytes(pickle.dumps(content, protocol=2))
+    one_line_error(*run_cli(capsys, "predict", str(weights), str(tmp_path / "t.pkl"), "-o", str(tmp_path / "p.csv")),
+                   needle)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_ragged_labels_in_a_cifar_batch_are_one_line(tmp_path, capsys):
+    from conftest import build_official_tarball
+
+    def ragged(batches):
+        batches["data_batch_2"][b"labels"] = [[1, 2], [3]] + [0] * 10
+
+    build_official_tarball(tmp_path / "cifar-10-python.tar.gz", mutate=ragged)
+    one_line_error(*run_cli(capsys, "train", "--data", str(tmp_path / "cifar-10-python.tar.gz"), "--runs-dir",
+                            str(tmp_path / "runs")), "b'labels'")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("text, needle", [
+    (b"\xff\xfe not utf-8 \x80", "not UTF-8"),
+    (b"schedule: {warmup_epochs: .inf}\n", "schedule.warmup_epochs"),
+    (b"optimizer: {lr: .nan}\n", "optimizer.lr"),
+    (b"name: ..\n", "name"),
+], ids=["non-utf8", "inf", "nan", "dotdot-name"])
+def test_bad_config_files_are_one_line_and_leave_nothing(text, needle, tmp_path, capsys, data_env):
+    (tmp_path / "c.yaml").write_bytes(text)
+    one_line_error(*run_cli(capsys, "train", "--config", str(tmp_path / "c.yaml"), "--runs-dir",
+                            str(tmp_path / "runs")), needle)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_base_cycle_and_self_naming_model_yaml(tmp_path, capsys):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    one_line_error(*run_cli(capsys, "train", "--config", str(tmp_path / "a.yaml")), "cycle")
+    (tmp_path / "m.yaml").write_text("model: m.yaml\n")
+    one_line_error(*run_cli(capsys, "summary", str(tmp_path / "m.yaml")), "refers back to itself")
+
+
+def test_model_path_inside_a_yaml_is_relative_to_that_yaml(tmp_path, capsys, monkeypatch):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "net.yaml").write_text("blocks: [1, 1]\nchannels: [8, 16]\n")
+    (sub / "run.yaml").write_text("model: net.yaml\n")
+    monkeypatch.chdir(tmp_path)  # not the YAML's folder
+    assert main(["summary", "sub/run.yaml"]) == 0
+    assert "trainable params" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_batch_size_must_be_positive(value, weights, inputs, capsys, tmp_path):
+    for cmd in (["predict", str(weights), str(inputs), "-o", str(tmp_path / "p.csv")],
+                ["evaluate", str(weights), "--data", str(inputs)]):
+        with pytest.raises(SystemExit) as e:
+            main([*cmd, "--batch-size", value])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "--batch-size" in err and "Traceback" not in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_output_paths_that_cannot_be_written(weights, inputs, capsys, tmp_path, data_env):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    one_line_error(*run_cli(capsys, "predict", str(weights), str(inputs), "-o", str(tmp_path / "adir")), "is a folder")
+    one_line_error(*run_cli(capsys, "predict", str(weights), str(inputs), "-o", str(tmp_path / "afile" / "p.csv")),
+                   "is a file, not a folder")
+    np.savez(tmp_path / "set.npz", x=np.load(inputs), y=np.arange(6))
+    one_line_error(*run_cli(capsys, "evaluate", str(weights), "--data", str(tmp_path / "set.npz"), "--out",
+                            str(tmp_path / "afile")), "is a file, not a folder")
+    one_line_error(*run_cli(capsys, "export", str(weights), "-o", str(tmp_path / "afile" / "m.onnx")),
+                   "is a file, not a folder")
+    one_line_error(*run_cli(capsys, "train", "--runs-dir", str(tmp_path / "afile")), "is a file")
+    assert (tmp_path / "afile").read_text() == "x" and not any((tmp_path / "adir").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile", "inputs.npy", "set.npz", "w.safetensors"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder(weights, inputs, capsys, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    one_line_error(*run_cli(capsys, "predict", str(weights), str(inputs), "-o", str(ro / "p.csv")), "not writable")
+
+
+# --- 6. run names that escape --runs-dir ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../escape"])
+def test_run_names_cannot_escape_the_runs_dir(name, tmp_path, capsys, data_env):
+    runs = tmp_path / "runs"
+    code, err = run_cli(capsys, "train", "--runs-dir", str(runs), "--name", name, "--epochs", "0.01")
+    one_line_error(code, err)
+    assert not (tmp_path / "escape").exists() and sorted(p.name for p in tmp_path.iterdir()) in ([], ["runs"])
+
+
+# --- 7. non-finite weights and outputs -----------------------------------------------------------------------
+
+def test_nan_weights_are_refused_and_nothing_is_written(weights, inputs, capsys, tmp_path):
+    nan = resave(weights, tmp_path / "nan.safetensors",
+                 tensors=lambda s: {k: v.float().fill_(float("nan")) if v.is_floating_point() else v
+                                    for k, v in s.items()})
+    one_line_error(*run_cli(capsys, "predict", str(nan), str(inputs), "-o", str(tmp_path / "p.csv")), "NaN or inf")
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_overflowing_logits_give_no_submission_and_strict_json(weights, inputs, capsys, tmp_path):
+    big = resave(weights, tmp_path / "big.safetensors",
+                 tensors=lambda s: {k: (v.clone().fill_(3e38) if k == "head.weight" else v) for k, v in s.items()})
+    one_line_error(*run_cli(capsys, "predict", str(big), str(inputs), "-o", str(tmp_path / "p.csv")), "not finite")
+    assert not (tmp_path / "p.csv").exists()
+    labeled = tmp_path / "set.npz"
+    np.savez(labeled, x=np.load(inputs), y=np.arange(6) % 10)
+    assert main(["evaluate", str(big), "--data", str(labeled), "--tta", "none", "-o", str(tmp_path / "ev")]) == 0
+    text = (tmp_path / "ev" / "evaluation.json").read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in evaluation.json"))
+    assert data["modes"]["none"]["loss"] is None and "not finite" in data["note"]
+
+
+# --- 5b / 8. run directories: damaged resume state, one writer ---------------------------------------------
+
+SMALL_RUN = """model: {blocks: [1], channels: [8]}
+data: {val_size: 100, train_subset: 400}
+train: {epochs: 2, batch_size: 100, eval_batch_size: 500}
+optimizer: {name: sgd, lr: 0.05}
+augment: {crop: {padding: 2}}
+"""
+
+
+@pytest.fixture
+def interrupted_run(tmp_path, cifar) -> Path:
+    """A real run directory stopped after its first epoch (checkpoint written, results not)."""
+    from resnet5m.io.rundir import write_config
+    from resnet5m.training import Trainer, build_config
+    from resnet5m.training.config import config_to_yaml
+
+    (tmp_path / "c.yaml").write_text(SMALL_RUN)
+    cfg = build_config(str(tmp_path / "c.yaml"))
+    run = tmp_path / "run"
+    run.mkdir()
+    write_config(run, config_to_yaml(cfg))
+    t = Trainer(cfg, cifar, run, out=lambda s: None, progress=False)
+    t.epochs = 1  # stop after epoch 1, as a kill right after its checkpoint would
+    t.fit()
+    return run
+
+
+def _damage_checkpoint(run: Path, how: str) -> None:
+    state = torch.load(run / "resume.pt", weights_only=True)
+    if how == "missing":
+        del state["optimizers"]
+    elif how == "shape":
+        key = next(k for k, v in state["model"].items() if v.ndim == 4)
+        state["model"][key] = torch.zeros(3, 3)
+    elif how == "loop":
+        state["loop"]["epoch"] = "one"
+    torch.save(state, run / "resume.pt")
+
+
+@pytest.mark.parametrize("how, needle", [
+    ("missing", "missing optimizers"), ("shape", "does not match this run's config"), ("loop", "loop.epoch"),
+    ("garbage", "unreadable checkpoint"), ("config", "config.yaml"), ("metrics", "damaged"),
+])
+def test_damaged_resume_state_is_one_line(how, needle, interrupted_run, capsys, data_env):
+    run = interrupted_run
+    if how == "garbage":
+        (run / "resume.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    elif how == "config":
+        (run / "config.yaml").write_text("train: {epochs: [\n")
+    elif how == "metrics":
+        (run / "metrics.jsonl").write_text("{not json\n" + (run / "metrics.jsonl").read_text())
+    else:
+        _damage_checkpoint(run, how)
+    one_line_error(*run_cli(capsys, "train", "--resume", str(run), "--no-progress"), needle)
+    assert not (run / "results.json").exists()
+
+
+def test_torn_last_metrics_line_is_tolerated_on_resume(interrupted_run, capsys, data_env):
+    run = interrupted_run
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 2, "lr": 0.0')  # a torn write of an older version
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+
+
+def test_one_writer_per_run_directory(interrupted_run, data_env):
+    run = interrupted_run
+    cfg = (run / "config.yaml").read_text().replace("epochs: 2.0", "epochs: 60.0")
+    (run / "config.yaml").write_text(cfg)  # long enough to still be running when the second one starts
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "resnet5m.cli.main", "train", "--resume", str(run), "--no-progress", "--threads", "1"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ((run / ".lock").exists() and b"pid" in (run / ".lock").read_bytes()):
+            time.sleep(0.1)
+        second = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+        assert second.returncode == 2 and "is being trained by pid" in second.stderr, second.stderr
+        assert second.stderr.count("\n") == 1
+    finally:
+        first.terminate()
+        first.communicate(timeout=120)
+    assert first.returncode == 130  # the first writer checkpointed and stopped cleanly
+    # its lock died with it: the leftover .lock file does not block the next writer
+    from resnet5m.io.rundir import lock
+
+    assert (run / ".lock").exists()
+    with lock(run):
+        pass
+
+
+def test_runs_dir_creation_has_no_check_then_create_window(tmp_path):
+    from resnet5m.errors import UserError
+    from resnet5m.io.rundir import new_run_dir
+
+    first = new_run_dir(tmp_path, "r")
+    (first / "x").write_text("taken")
+    with pytest.raises(UserError, match="already exists"):
+        new_run_dir(tmp_path, "r")  # mkdir itself decides, not an earlier exists() check
+    assert new_run_dir(tmp_path, None) != new_run_dir(tmp_path, None)
+
+
+# --- minor ---------------------------------------------------------------------------------------------------
+
+def test_zero_byte_tarball_is_one_line(tmp_path, capsys):
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
+    one_line_error(*run_cli(capsys, "train", "--data", str(tmp_path / "cifar-10-python.tar.gz")), "empty file")
+
+
+def test_bad_cached_tarball_is_kept_when_the_new_download_fails(tmp_path):
+    from resnet5m.data.download import cached_tarball
+    from resnet5m.errors import UserError
+
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"an old, damaged copy")
+    with pytest.raises(UserError, match="download failed"):
+        cached_tarball(tmp_path, url="http://127.0.0.1:9/cifar.tar.gz", progress=False)
+    assert (tmp_path / "cifar-10-python.tar.gz").read_bytes() == b"an old, damaged copy"
+
+
+# --- the fuzz test ------------------------------------------------------------------------------------------
+
+def _corrupt(data: bytes, rng: np.random.Generator) -> bytes:
+    """One random corruption: flipped bytes, a cut, inserted or zeroed bytes, a duplicated chunk."""
+    b = bytearray(data)
+    kind = int(rng.integers(0, 6))
+    i = int(rng.integers(0, max(1, len(b))))
+    if kind == 0:  # flip a few bytes
+        for j in rng.integers(0, len(b), int(rng.integers(1, 9))):
+            b[int(j)] ^= int(rng.integers(1, 256))
+    elif kind == 1:  # truncate
+        del b[i:]
+    elif kind == 2:  # insert garbage
+        b[i:i] = rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
+    elif kind == 3:  # zero a range
+        n = int(rng.integers(1, 256))
+        b[i:i + n] = bytes(len(b[i:i + n]))
+    elif kind == 4:  # duplicate a chunk
+        n = int(rng.integers(1, 512))
+        b[i:i] = b[i:i + n]
+    else:  # flip one bit near the start (headers)
+        j = int(rng.integers(0, min(len(b), 256)))
+        b[j] ^= 1 << int(rng.integers(0, 8))
+    return bytes(b)
+
+
+FUZZ_COUNTS = {"pickle": 70, "npz": 60, "config": 70, "safetensors": 70, "rundir": 30}
+
+
+def test_fuzz_corrupted_inputs_fail_cleanly(tmp_path, weights, interrupted_run, cifar_path):
+    """Randomly corrupted variants of a real pickle, .npz, config, safetensors file and run directory:
+    each command either succeeds (the corruption was harmless) or fails with exit 2, one line on
+    stderr, no traceback and nothing written, within 60 s, in a process limited to 3 GiB."""
+    import shutil
+
+    rng = np.random.default_rng(2026)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, x=images, y=np.arange(8) % 10)
+    bases = {
+        "pickle": pickle.dumps({b"data": images.transpose(0, 3, 1, 2).reshape(8, 3072), b"ids": list(range(8))},
+                               protocol=2),
+        "npz": buf.getvalue(),
+        "config": (SMALL_RUN + "schedule: {name: cosine, warmup_epochs: 0.5}\nlabel: none\n").encode(),
+        "safetensors": weights.read_bytes(),
+    }
+    np.save(tmp_path / "inputs.npy", images)
+    cases = []
+    for kind, n in FUZZ_COUNTS.items():
+        for i in range(n):
+            case_dir = tmp_path / "cases" / f"{kind}{i}"
+            case_dir.mkdir(parents=True)
+            name = f"{kind}-{i}"
+            if kind == "rundir":
+                run = case_dir / "run"
+                shutil.copytree(interrupted_run, run)
+                files = sorted(p for p in run.iterdir() if p.is_file())
+                victim = files[int(rng.integers(0, len(files)))]
+                victim.write_bytes(_corrupt(victim.read_bytes(), rng))
+                argv = ["train", "--resume", str(run), "--no-progress", "--threads", "2"]
+                cases.append({"name": f"{name}:{victim.name}", "argv": argv, "watch": str(case_dir), "ok": True})
+                continue
+            path = case_dir / f"input.{ {'config': 'yaml'}.get(kind, kind if kind != 'pickle' else 'pkl') }"
+            path.write_bytes(_corrupt(bases[kind], rng))
+            out = case_dir / "out"
+            argv = {
+                "pickle": ["predict", str(weights), str(path), "-o", str(out / "p.csv")],
+                "npz": ["evaluate", str(weights), "--data", str(path), "--tta", "none", "-o", str(out)],
+                "config": ["train", "--config", str(path), "--runs-dir", str(out), "--set", "train.batch_size=100000"],
+                "safetensors": ["predict", str(path), str(tmp_path / "inputs.npy"), "-o", str(out / "p.csv")],
+            }[kind]
+            cases.append({"name": name, "argv": argv, "watch": str(case_dir), "ok": kind != "config"})
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    env = {**os.environ, "RESNET5M_DATA": str(cifar_path)}
+    worker = Path(__file__).with_name("fuzz_worker.py")
+    subprocess.run([sys.executable, str(worker), str(tmp_path / "cases.json"), str(tmp_path / "results.json")],
+                   check=True, timeout=1500, preexec_fn=limit, env=env)
+    results = json.loads((tmp_path / "results.json").read_text())
+    expected = {c["name"]: c for c in cases}
+    failures, succeeded = [], 0
+    for r in results:
+        case = expected[r["name"]]
+        if r["escaped"]:
+            failures.append(f"{r['name']}: {r['escaped'][-300:]}")
+        elif r["code"] == 0 and case["ok"]:
+            succeeded += 1
+        elif r["code"] != 2 or r["stderr"].count("\n") != 1 or not r["stderr"].startswith("resnet5m: error: "):
+            failures.append(f"{r['name']}: exit {r['code']}, stderr {r['stderr'][-300:]!r}")
+        elif r["changed"] and not r["name"].startswith("rundir"):
+            failures.append(f"{r['name']}: failed but wrote {r['changed']}")
+        elif r["seconds"] > 60:
+            failures.append(f"{r['name']}: took {r['seconds']:.0f}s")
+    assert len(results) == sum(FUZZ_COUNTS.values())
+    assert not failures, "\n".join(failures[:20])
+    print(f"fuzz: {len(results)} corrupted inputs, {succeeded} harmless (command succeeded), "
+          f"{len(results) - succeeded} clean one-line failures")
