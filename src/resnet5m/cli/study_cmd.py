@@ -7,6 +7,7 @@ from pathlib import Path
 
 from resnet5m.cli.common import int_list
 from resnet5m.reporting.report import build_report
+from resnet5m.reporting.search_report import is_search_dir
 from resnet5m.training.checkpoint import TrainingInterrupted
 from resnet5m.training.study import run_study
 
@@ -43,5 +44,8 @@ def run_study_cmd(args: argparse.Namespace) -> int:
 def run_report_cmd(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path(args.paths[0]) / "report"
     build_report(args.paths, out)
-    print(f"wrote {out}/results.md, results.csv, curves/, curves_overlay.png, confusion_best.png, report.html")
+    if len(args.paths) == 1 and is_search_dir(args.paths[0]):
+        print(f"wrote {out}/trials.md, trials.csv, best.yaml, plots/, report.html")
+    else:
+        print(f"wrote {out}/results.md, results.csv, curves/, curves_overlay.png, confusion_best.png, report.html")
     return 0

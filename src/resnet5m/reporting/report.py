@@ -20,6 +20,7 @@ from resnet5m.io import rundir
 from resnet5m.io.atomic import atomic_write_text
 from resnet5m.io.yamlfile import read_yaml
 from resnet5m.reporting.plots import confusion_heatmap, overlay_curves, run_curves
+from resnet5m.reporting.search_report import build_search_report, is_search_dir
 from resnet5m.util.stats import mean_std
 
 
@@ -172,6 +173,9 @@ def _img(path: Path) -> str:
 
 
 def build_report(paths: list[str | Path], out_dir: str | Path) -> Path:
+    if len(paths) == 1 and is_search_dir(paths[0]):  # a `resnet5m search` study folder
+        build_search_report(paths[0], out_dir)
+        return Path(out_dir)
     entries, title = collect(paths)
     out = Path(out_dir)
     (out / "curves").mkdir(parents=True, exist_ok=True)
