@@ -22,9 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_modules() -> list:
     """Each subcommand module exposes ``add_parsers(subparsers)``; imported lazily to keep start-up fast."""
-    from resnet5m.cli import eval_cmd, models_cmd, search_cmd, study_cmd, train_cmd
+    from resnet5m.cli import eval_cmd, models_cmd, recipes_cmd, search_cmd, study_cmd, train_cmd
 
-    return [models_cmd, train_cmd, eval_cmd, study_cmd, search_cmd]
+    return [models_cmd, recipes_cmd, train_cmd, eval_cmd, study_cmd, search_cmd]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,6 +110,10 @@ def table_rows(entries: list[Entry]) -> list[dict[str, str]]:
                "seeds": str(len(e.results))}
         for key, header, scale, digits in COLUMNS:
             row[header] = _cell([r.get(key) for r in e.results], scale, digits)
+        reported = (e.config.get("reported") or {}).get("test_acc")
+        if any((x.config.get("reported") or {}).get("test_acc") for x in entries):
+            row["reported by the study: test acc (%)"] = " / ".join(f"{v * 100:.2f}" for v in reported) \
+                if reported else "-"
         row["note"] = "; ".join(x for x in (e.config.get("shortened") or "",
                                             f"{len(e.unfinished)} seed(s) unfinished" if e.unfinished else "",
                                             f"TTA {r0['tta']}" if r0.get("tta", "none") != "none" else "") if x)

@@ -156,10 +156,41 @@ class EvalConfig(StrictModel):
     tta: Literal["none", "flip", "flip_translate"] = "none"
 
 
+class Reported(StrictModel):
+    """What a reference study reports for this recipe: its figures, never our measurement."""
+
+    test_acc: list[float] = Field(..., min_length=1, description="test accuracies the study reports (0-1)")
+    source: str = Field(..., description="where: the study and the table or sentence")
+
+    @field_validator("test_acc")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not all(0 < a <= 1 for a in v):
+            raise ValueError(f"accuracies are fractions in (0, 1], got {v}")
+        return v
+
+
+class Measured(StrictModel):
+    """What resnet5m measured for this recipe as shipped (final runs on fresh seeds, test set once each)."""
+
+    test_acc: float = Field(..., gt=0, le=1, description="mean test accuracy, with the recipe's TTA")
+    test_acc_std: float = Field(0.0, ge=0)
+    test_acc_no_tta: float | None = Field(None, gt=0, le=1)
+    n: int = Field(..., ge=1, description="seeds")
+    train_time_s: float = Field(..., gt=0, description="mean training time")
+    machine: str
+    date: str
+    commit: str
+    raw: str = Field(..., description="the benchmark JSON these numbers come from")
+    note: str = ""
+
+
 class RunConfig(StrictModel):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.=+-]+$", max_length=120)
     description: str = ""
-    claimed: str = Field("", description="what the original report claims, for comparison")
+    claimed: str = Field("", description="what the original report claims, in words (see reported)")
+    reported: Reported | None = Field(None, description="a reference study's own figures (not measured by us)")
+    measured: Measured | None = Field(None, description="resnet5m's measurement of this recipe as shipped")
     shortened: str | None = Field(None, description="set when a quick run overrode the recipe's length/data")
     seed: int = Field(0, ge=0)
     model: ModelConfig = Field(default_factory=lambda: PRESETS["reddy2024"].config)
