@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
-from resnet5m.cli.common import add_model_arguments, int_list, model_overrides
+from resnet5m.cli.common import add_model_arguments, int_list, model_overrides, positive_int
 from resnet5m.data.sources import load_cifar10
 from resnet5m.errors import UserError
 from resnet5m.evaluation.inference import TTA_MODES
 from resnet5m.io import rundir
 from resnet5m.models.budget import check_budget
 from resnet5m.models.registry import build_model, resolve_model_config
+from resnet5m.runtime import distributed
 from resnet5m.training.checkpoint import TrainingInterrupted
 from resnet5m.training.config import (
     OptimizerConfig,
@@ -54,6 +57,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
     p.add_argument("--seeds", type=int_list, help="repeat over seeds, e.g. 0,1,2, and report mean ± std")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / periodic lines")
+    p.add_argument("--nproc", type=positive_int, metavar="N",
+                   help="train with N processes (runs the same command under torchrun --nproc-per-node N)")
     g = p.add_argument_group("common settings (shortcuts for --set)")
     g.add_argument("--name", help="run directory name (default: a timestamp)")
     g.add_argument("--epochs", type=float)
@@ -75,6 +80,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     g.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--sync-batchnorm", action="store_true", default=None,
+                   help="with several processes: BatchNorm statistics over the global batch")
     add_model_arguments(p)
     p.set_defaults(func=run_train)
 
@@ -93,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, flag, None)
         if value is not None and not (flag == "budget" and value == RunConfig.model_fields["budget"].default):
             _set(extra, key, value)
-    for flag in ("deterministic", "compile"):
+    for flag in ("deterministic", "compile", "sync_batchnorm"):
         if getattr(args, flag):
             extra[flag] = True
     if args.allow_over_budget:
@@ -112,27 +119,64 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.nproc and args.nproc > 1:
+        return launch(args.nproc)
     progress = not args.no_progress
+    d = distributed.from_env()  # torchrun's group, or a single process
+    if d.enabled and distributed.restarted() and args.name and (Path(args.runs_dir) / args.name).is_dir():
+        # torchrun restarted the group after a failure: continue the run from its last checkpoint
+        return _resume(Path(args.runs_dir) / args.name, args, progress, d, check_flags=False)
     if args.resume:
-        return _resume(Path(args.resume), args, progress)
+        return _resume(Path(args.resume), args, progress, d)
     cfg = config_from_args(args)
     check_budget(build_model(cfg.model), cfg.budget, cfg.allow_over_budget, name=f"model ({cfg.model.family})")
     rundir.check_root(args.runs_dir)
-    data = load_cifar10(cfg.data.path, download=cfg.data.download)
-    run_dir = rundir.new_run_dir(args.runs_dir, cfg.name)
+    if d.enabled:
+        distributed.agree(d, "config", config_to_yaml(cfg))
+        if distributed.max_restarts() > 0 and not cfg.name:
+            raise UserError("torchrun --max-restarts needs --name, so that a restarted group finds its run")
+    data = distributed.all_or_none(d, load_cifar10, cfg.data.path, download=cfg.data.download)
+    run_dir = Path(d.broadcast(str(rundir.new_run_dir(args.runs_dir, cfg.name)) if d.is_main else None))
     try:
         if args.seeds:
-            rundir.write_config(run_dir, config_to_yaml(cfg))
-            rundir.write_seeds(run_dir, args.seeds)
+            if d.is_main:
+                rundir.write_config(run_dir, config_to_yaml(cfg))
+                rundir.write_seeds(run_dir, args.seeds)
             train_seeds(cfg, data, run_dir, args.seeds, progress=progress)
         else:
             train_run(cfg, data, run_dir, progress=progress)
     except TrainingInterrupted as exc:
-        print(f"resnet5m: {exc}")
+        if d.is_main:
+            print(f"resnet5m: {exc}")
         return 130
     except BaseException:  # rejected, interrupted or failed before its first epoch: leave no directory
-        discard_unstarted(run_dir)
+        if d.is_main:
+            discard_unstarted(run_dir)
         raise
+    return 0
+
+
+def launch(nproc: int, argv: list[str] | None = None) -> int:
+    """``resnet5m train --nproc N ...``: the same command under torchrun's launcher with N local processes.
+    Rank 0 reports any failure in one line; the launcher's own failure report is not repeated."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    rest, skip = [], False
+    for a in (sys.argv[1:] if argv is None else argv):
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    for name in ("torch.distributed.run", "torch.distributed.elastic"):  # rank 0 speaks; the launcher need not
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(["--nproc-per-node", str(nproc), "--standalone", "-m", "resnet5m", *rest]))
+    except ChildFailedError as exc:
+        codes = sorted((f.local_rank, f.exitcode) for f in exc.failures.values())
+        return next((code for _, code in codes if code > 0), 1)  # a rank's own exit code, not a SIGTERM
     return 0
 
 
@@ -143,13 +187,14 @@ def discard_unstarted(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _resume(run_dir: Path, args: argparse.Namespace, progress: bool) -> int:
+def _resume(run_dir: Path, args: argparse.Namespace, progress: bool, d: distributed.Dist,
+            check_flags: bool = True) -> int:
     runtime = ("threads", "device")  # may differ between the original process and the resumed one
     given = [f"--{f.replace('_', '-')}" for f in (*_FLAG_KEYS, "config", "model")
              if f not in runtime and getattr(args, f, None) is not None
              and not (f == "budget" and args.budget == RunConfig.model_fields["budget"].default)]
     given += (["--set"] if args.overrides else []) + (["--seeds"] if args.seeds else [])
-    if given:
+    if given and check_flags:
         raise UserError(f"--resume continues a run with its saved config; drop {', '.join(given)}")
     cfg_file = run_dir / rundir.CONFIG
     if not cfg_file.is_file():
@@ -159,13 +204,16 @@ def _resume(run_dir: Path, args: argparse.Namespace, progress: bool) -> int:
     multi = (run_dir / rundir.SEEDS).is_file()
     if not multi and rundir.status(run_dir) == "finished":
         raise UserError(f"{run_dir}: this run already finished ({rundir.RESULTS} exists)")
-    data = load_cifar10(cfg.data.path, download=cfg.data.download)
+    if d.enabled:
+        distributed.agree(d, "config", config_to_yaml(cfg))
+    data = distributed.all_or_none(d, load_cifar10, cfg.data.path, download=cfg.data.download)
     try:
         if multi:
             train_seeds(cfg, data, run_dir, rundir.read_seeds(run_dir), progress=progress)
         else:
             train_run(cfg, data, run_dir, progress=progress)
     except TrainingInterrupted as exc:
-        print(f"resnet5m: {exc}")
+        if d.is_main:
+            print(f"resnet5m: {exc}")
         return 130
     return 0

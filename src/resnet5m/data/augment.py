@@ -24,21 +24,36 @@ from resnet5m.util.validation import StrictModel
 
 @dataclass
 class AugContext:
+    """The batch's random stream and whereabouts. Under multi-process training a process holds only a
+    shard (rows ``start:start+n`` of a global batch of ``total``): every draw is made for the whole
+    global batch and sliced, so an image is augmented the same way whatever the number of processes."""
+
     generator: torch.Generator
     epoch: int
-    indices: torch.Tensor  # dataset indices of the images in the batch
+    indices: torch.Tensor  # dataset indices of the images in the batch (shard)
     seed: int = 0
+    start: int = 0  # this shard's first row in the global batch
+    total: int | None = None  # global batch size (None: the shard is the whole batch)
+
+    def rand(self, n: int, *tail: int, device: torch.device) -> torch.Tensor:
+        """Uniform [0, 1) values for ``n`` images of this shard."""
+        shape = (self.total or n, *tail)
+        return torch.rand(shape, generator=self.generator, device=device)[self.start:self.start + n]
+
+    def randint(self, low: int, high: int, n: int, *tail: int, device: torch.device) -> torch.Tensor:
+        shape = (self.total or n, *tail)
+        return torch.randint(low, high, shape, generator=self.generator, device=device)[self.start:self.start + n]
 
 
 def _uniform(ctx: AugContext, n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, generator=ctx.generator, device=device) * (hi - lo) + lo
+    return ctx.rand(n, device=device) * (hi - lo) + lo
 
 
 def _apply_with_prob(x: torch.Tensor, y: torch.Tensor, p: float, ctx: AugContext) -> torch.Tensor:
     """Per image: take ``y`` with probability ``p``, else keep ``x``."""
     if p >= 1.0:
         return y
-    keep = torch.rand(len(x), generator=ctx.generator, device=x.device) >= p
+    keep = ctx.rand(len(x), device=x.device) >= p
     return torch.where(keep.view(-1, 1, 1, 1), x, y)
 
 
@@ -52,8 +67,8 @@ def random_crop(x: torch.Tensor, ctx: AugContext, padding: int = 4, mode: str = 
     if padding:
         x = F.pad(x, (padding,) * 4, mode="reflect" if mode == "reflect" else "constant")
     max_off = x.shape[-1] - out
-    dy = torch.randint(0, max_off + 1, (n,), generator=ctx.generator, device=x.device)
-    dx = torch.randint(0, max_off + 1, (n,), generator=ctx.generator, device=x.device)
+    dy = ctx.randint(0, max_off + 1, n, device=x.device)
+    dx = ctx.randint(0, max_off + 1, n, device=x.device)
     ar = torch.arange(out, device=x.device)
     rows = (dy[:, None] + ar)[:, :, None]
     cols = (dx[:, None] + ar)[:, None, :]
@@ -79,7 +94,7 @@ def translate(x: torch.Tensor, ctx: AugContext, fraction: float = 0.1, p: float 
     """Shift each image by a whole number of pixels up to ``fraction`` of its size in x and y."""
     n, _, h, w = x.shape
     max_px = int(round(fraction * w))
-    shift = torch.randint(-max_px, max_px + 1, (n, 2), generator=ctx.generator, device=x.device).to(x.dtype)
+    shift = ctx.randint(-max_px, max_px + 1, n, 2, device=x.device).to(x.dtype)
     one, zero = torch.ones(n, device=x.device), torch.zeros(n, device=x.device)
     theta = torch.stack([torch.stack([one, zero, -2 * shift[:, 0] / w], 1),
                          torch.stack([zero, one, -2 * shift[:, 1] / h], 1)], 1)
@@ -119,13 +134,13 @@ def flip(x: torch.Tensor, ctx: AugContext, mode: str = "random", p: float = 0.5)
     if mode == "alternating":
         mask = _index_bit(ctx.indices, ctx.seed) ^ (ctx.epoch % 2 == 1)
     else:
-        mask = torch.rand(len(x), generator=ctx.generator, device=x.device) < p
+        mask = ctx.rand(len(x), device=x.device) < p
     return torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def vflip(x: torch.Tensor, ctx: AugContext, p: float = 0.5) -> torch.Tensor:
     """Vertical flip of each image with probability p."""
-    mask = torch.rand(len(x), generator=ctx.generator, device=x.device) < p
+    mask = ctx.rand(len(x), device=x.device) < p
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(-2), x)
 
 
@@ -193,8 +208,8 @@ def cutout(x: torch.Tensor, ctx: AugContext, size: int = 8, p: float = 1.0,
            fill: tuple[float, float, float] = CIFAR10_MEAN) -> torch.Tensor:
     """Fill a ``size`` x ``size`` square (centre anywhere, clipped at the border) with the mean colour."""
     n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n,), generator=ctx.generator, device=x.device)
-    cx = torch.randint(0, w, (n,), generator=ctx.generator, device=x.device)
+    cy = ctx.randint(0, h, n, device=x.device)
+    cx = ctx.randint(0, w, n, device=x.device)
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     y0 = (cy - size // 2).view(-1, 1, 1)

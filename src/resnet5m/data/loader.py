@@ -26,9 +26,14 @@ class BatchLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  augment: Augment | None = None, shuffle: bool = True, drop_last: bool = True,
-                 seed: int = 0, channels_last: bool = True) -> None:
+                 seed: int = 0, channels_last: bool = True, shard: tuple[int, int] = (0, 1)) -> None:
+        """``batch_size`` is the global batch; with ``shard=(rank, world)`` this process yields rows
+        ``rank * batch_size / world`` onwards of every global batch (same order, same augmentation)."""
         if len(images) != len(labels):
             raise ValueError("images and labels differ in length")
+        if batch_size % shard[1]:
+            raise ValueError(f"batch size {batch_size} is not divisible by {shard[1]} shards")
+        self.rank, self.world = shard
         self.images, self.labels = images, labels
         self.batch_size = batch_size
         self.augment = augment
@@ -60,16 +65,18 @@ class BatchLoader:
         interpolation); None keeps the full size.
         """
         order = self.order(epoch)
+        per = self.batch_size // self.world
+        first, total = self.rank * per, (self.batch_size if self.world > 1 else None)
         for b in range(start, len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size][first:first + per]
             x = self.images[idx].float().div_(255)
             if self.augment is not None:
-                x = self.augment(x, AugContext(self.batch_generator(epoch, b), epoch, idx, self.seed))
+                x = self.augment(x, AugContext(self.batch_generator(epoch, b), epoch, idx, self.seed, first, total))
             size, mode = (resolution(b) if resolution is not None else None) or (x.shape[-1], "crop")
             if mode == "resize" and size < x.shape[-1]:
                 x = F.interpolate(x, size=(size, size), mode="area")
             elif size < x.shape[-1]:
-                ctx = AugContext(self.batch_generator(epoch, b + (1 << 20)), epoch, idx, self.seed)
+                ctx = AugContext(self.batch_generator(epoch, b + (1 << 20)), epoch, idx, self.seed, first, total)
                 x = random_crop(x, ctx, padding=0, size=size)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -13,17 +13,18 @@ from resnet5m.data.cifar10 import CLASSES
 from resnet5m.evaluation.inference import predict_logits
 from resnet5m.evaluation.metrics import evaluate_logits
 from resnet5m.io.atomic import atomic_write_text
+from resnet5m.runtime.distributed import SINGLE, Dist
 
 
 def evaluate_modes(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, modes: list[str], *,
                    batch_size: int = 1000, device: torch.device | str = "cpu", channels_last: bool = True,
-                   dtype: torch.dtype = torch.float32) -> dict[str, dict[str, Any]]:
+                   dtype: torch.dtype = torch.float32, dist: Dist = SINGLE) -> dict[str, dict[str, Any]]:
     """Metrics (accuracy, loss, per-class accuracy, confusion) and seconds for ``none`` and each TTA mode."""
     out: dict[str, dict[str, Any]] = {}
     for mode in ["none", *[m for m in modes if m != "none"]]:
         t0 = time.perf_counter()
         logits = predict_logits(model, images, batch_size=batch_size, tta=mode, device=device,
-                                channels_last=channels_last, dtype=dtype)
+                                channels_last=channels_last, dtype=dtype, dist=dist)
         out[mode] = {**evaluate_logits(logits, labels).to_dict(), "seconds": time.perf_counter() - t0}
     return out
 
@@ -40,11 +41,11 @@ def evaluate_model(model: torch.nn.Module, images: torch.Tensor, labels: torch.T
 
 def final_evaluation(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, tta: str,
                      batch_size: int = 1000, device: torch.device | str = "cpu", channels_last: bool = True,
-                     dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+                     dtype: torch.dtype = torch.float32, dist: Dist = SINGLE) -> dict[str, Any]:
     """The test numbers of a finished run, measured once, with and without its TTA (``train``, the
     benchmarks and the search all report through this)."""
     modes = evaluate_modes(model, images, labels, [tta], batch_size=batch_size, device=device,
-                           channels_last=channels_last, dtype=dtype)
+                           channels_last=channels_last, dtype=dtype, dist=dist)
     plain, best = modes["none"], modes[tta]
     return {"test_acc": best["accuracy"], "test_loss": best["loss"], "tta": tta,
             "test_acc_no_tta": plain["accuracy"], "test_loss_no_tta": plain["loss"],

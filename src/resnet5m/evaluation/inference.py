@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnet5m.runtime.device import autocast
+from resnet5m.runtime.distributed import SINGLE, Dist
 
 TTA_MODES = ("none", "flip", "flip_translate")
 
@@ -39,9 +40,10 @@ def _views(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1000, tta: str = "none",
                    device: torch.device | str | None = None, channels_last: bool = True,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                   dtype: torch.dtype = torch.float32, dist: Dist = SINGLE) -> torch.Tensor:
     """Logits (float32, on CPU) for ``images``: uint8 (N, 3, H, W) or float in [0, 1]; ``dtype`` is the
-    autocast precision (the run's training precision)."""
+    autocast precision (the run's training precision). With several processes each predicts its shard
+    of the images and every process gets all the logits, in order."""
     if tta not in TTA_MODES:
         raise ValueError(f"unknown TTA mode {tta!r}; allowed: {', '.join(TTA_MODES)}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -49,7 +51,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
     model.eval()
     out = []
     try:
-        for chunk in images.split(batch_size):
+        for chunk in images[dist.shard(len(images))].split(batch_size):
             x = chunk.to(device, non_blocking=True)
             x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
             if channels_last:
@@ -58,4 +60,4 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
                 out.append(_views(model, x, tta).float().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    return dist.gather_rows(torch.cat(out) if out else torch.empty(0, 10))

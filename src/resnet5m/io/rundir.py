@@ -37,6 +37,7 @@ BEST = "best.safetensors"
 LAST = "last.safetensors"
 RESUME = "resume.pt"
 RESULTS = "results.json"
+STEPS = "steps.jsonl"
 SEEDS = "seeds.json"
 SUMMARY = "summary.json"
 STUDY = "study.json"
@@ -225,6 +226,10 @@ def kind(path: Path) -> Literal["study", "seeds", "run"] | None:
 # --- per-epoch metrics ---------------------------------------------------------------------------------
 
 def _rows(text: str) -> list[dict[str, Any]]:
+    return _rows_of(text, "epoch")
+
+
+def _rows_of(text: str, key: str) -> list[dict[str, Any]]:
     rows = []
     lines = text.splitlines()
     for i, line in enumerate(lines):
@@ -236,8 +241,8 @@ def _rows(text: str) -> list[dict[str, Any]]:
             if i == len(lines) - 1:  # a torn last line (a kill mid-write by an older version): drop it
                 break
             raise
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-            raise ValueError(f"line {i + 1} is not a metrics row")
+        if not isinstance(row, dict) or not isinstance(row.get(key), int):
+            raise ValueError(f"line {i + 1} is not a {key} row")
         rows.append(row)
     return rows
 
@@ -255,8 +260,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 class MetricsLog:
     """Per-epoch rows, rewritten atomically so a kill never leaves a torn line."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, write: bool = True) -> None:
+        self.run_dir, self.writes = run_dir, write  # write=False: a process other than rank 0 keeps rows only
         self.rows: list[dict[str, Any]] = []
 
     def load(self, completed_epochs: int) -> None:
@@ -269,7 +274,19 @@ class MetricsLog:
         self.rows.append(row)
         self.write()
 
+    def write_steps(self, losses: list[float]) -> None:
+        """Every step's loss so far (``train.log_steps``), one JSON line per step."""
+        if self.writes:
+            atomic_write_text(self.run_dir / STEPS, "".join(json.dumps({"step": i + 1, "loss": v}) + "\n"
+                                                            for i, v in enumerate(losses)))
+
+    def read_steps(self) -> list[float]:
+        path = self.run_dir / STEPS
+        return [r["loss"] for r in _rows_of(path.read_text(), "step")] if path.exists() else []
+
     def write(self) -> None:
+        if not self.writes:
+            return
         atomic_write_text(self.run_dir / METRICS, "".join(json.dumps(_finite(r)) + "\n" for r in self.rows))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")

@@ -78,6 +78,10 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = True
 
+    def request(self) -> None:
+        """Ask for a checkpointed stop from code (e.g. a time limit) rather than a signal."""
+        self.requested = True
+
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopRequest]:
         if threading.current_thread() is not threading.main_thread():

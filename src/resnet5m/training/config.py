@@ -142,6 +142,7 @@ class TrainConfig(StrictModel):
         default_factory=list, description="progressive resizing: smaller random crops early, full size after")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after N epochs without val gain")
     checkpoint_every: int = Field(1, ge=1, description="write last/resume checkpoints every N epochs")
+    log_steps: bool = Field(False, description="also write every step's loss to steps.jsonl")
 
     @field_validator("resolution_schedule")
     @classmethod
@@ -208,6 +209,8 @@ class RunConfig(StrictModel):
     compile: bool = False
     deterministic: bool = False
     threads: int | None = Field(None, ge=1, le=256)
+    sync_batchnorm: bool = Field(False, description="with several processes: BatchNorm statistics over the "
+                                                    "global batch (SyncBatchNorm) instead of per process")
 
     @field_validator("model", mode="before")
     @classmethod

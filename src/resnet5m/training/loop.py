@@ -99,6 +99,11 @@ class Meter:
         self.correct += (logits.argmax(1) == labels).sum()
         self.count += len(labels)
 
+    def summed(self, total: Callable[[torch.Tensor], torch.Tensor]) -> Meter:
+        """The sums over all processes (``total`` all-reduces; the identity in one process)."""
+        sums = total(torch.stack([self.loss_sum, self.correct, self.loss_sum.new_tensor(float(self.count))]))
+        return Meter(sums[0], sums[1], int(sums[2]), self.time, self.data_time)
+
     def state(self) -> dict[str, float]:
         return {"loss_sum": float(self.loss_sum), "correct": float(self.correct), "count": self.count,
                 "time": self.time, "data_time": self.data_time}
@@ -118,6 +123,7 @@ class StepLog:
                  on_nonfinite: Callable[[int, str], None]) -> None:
         self.every, self.progress, self.lr, self.on_nonfinite = every, progress, lr, on_nonfinite
         self.pending: list[tuple[int, torch.Tensor, int]] = []  # (batch index, loss, images)
+        self.losses: list[float] = []  # every step's loss, in order (train.log_steps)
 
     def add(self, batch_index: int, loss: torch.Tensor, images: int) -> None:
         self.pending.append((batch_index, loss, images))
@@ -132,6 +138,7 @@ class StepLog:
         if bool(bad.any()):
             i = int(bad.nonzero()[0])
             self.on_nonfinite(self.pending[i][0], "NaN" if bool(torch.isnan(values[i])) else "inf")
+        self.losses += values.tolist()
         self.progress.update(len(self.pending), sum(n for _, _, n in self.pending), float(values[-1]), self.lr())
         self.pending = []
 
@@ -141,8 +148,10 @@ Prepare = Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]  # batch -> (inpu
 
 def train_epoch(p: StepParts, batches: Iterator[Batch], state: LoopState, meter: Meter, log: StepLog, *,
                 total_steps: int, prepare: Prepare, average: WeightAverage | None,
-                stop_requested: Callable[[], bool]) -> None:
-    """Train on ``batches`` until they or the run's steps run out, or a stop is requested."""
+                stop_requested: Callable[[], bool],
+                global_loss: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
+    """Train on ``batches`` until they or the run's steps run out, or a stop is requested.
+    ``global_loss`` turns a process's loss into the global batch's (for the log and the NaN check)."""
     while state.step < total_steps:
         t0 = time.perf_counter()
         batch = next(batches, None)  # gathered and augmented on the device: counted as data time
@@ -156,7 +165,7 @@ def train_epoch(p: StepParts, batches: Iterator[Batch], state: LoopState, meter:
         if average is not None:
             average.update(p.model, state.step)
         meter.add(loss, logits, batch.labels)
-        log.add(batch.number, loss, len(batch.labels))
+        log.add(batch.number, global_loss(loss), len(batch.labels))
         if stop_requested():
             break
     log.flush()

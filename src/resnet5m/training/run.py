@@ -3,7 +3,9 @@ results; repeat over seeds and summarise."""
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from resnet5m.evaluation.evaluate import final_evaluation
 from resnet5m.io import rundir
 from resnet5m.models.budget import count_parameters
 from resnet5m.models.weights import load_trained_model
+from resnet5m.runtime.distributed import Dist, from_env
 from resnet5m.training.config import RunConfig, config_to_yaml
 from resnet5m.training.trainer import Printer, Trainer
 from resnet5m.util.stats import fmt_mean_std, summarize_seeds
@@ -28,13 +31,14 @@ def run_results(trainer: Trainer, test: bool = True) -> dict[str, Any]:
     """The run's results record; with ``test``, the selected checkpoint (best.safetensors) is evaluated
     once on the test set (a search trial passes ``test=False``: its test fields stay null)."""
     cfg, s = trainer.cfg, trainer.state
+    trainer.dist.barrier()  # rank 0 has written the checkpoint the others read
     model, info = load_trained_model(trainer.run_dir / rundir.BEST, trainer.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     scores = NO_TEST if not test else final_evaluation(
         model, trainer.data.test_images, trainer.data.test_labels, tta=cfg.eval.tta,
         batch_size=cfg.train.eval_batch_size, device=trainer.device, channels_last=cfg.channels_last,
-        dtype=trainer.dtype)
+        dtype=trainer.dtype, dist=trainer.dist)
     rows = trainer.metrics.rows
     selected = next((r for r in rows if r["epoch"] == info.get("epoch")), rows[-1] if rows else {})
     return {
@@ -61,35 +65,54 @@ def device_name(device: torch.device) -> str:
 
 
 def train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, *, out: Printer = print, progress: bool = True,
-              test: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              test: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+              stop_after_s: float | None = None) -> dict[str, Any]:
     """Train one run in ``run_dir`` and evaluate it once on the test set (unless ``test`` is False, as for
-    search trials); ``on_epoch`` is passed to :meth:`Trainer.fit`.
+    search trials); ``on_epoch`` is passed to :meth:`Trainer.fit`. With ``stop_after_s``, the run
+    checkpoints and raises :class:`TrainingInterrupted` once that many seconds have passed (a job
+    split into time-limited pieces; calling again resumes it).
 
     What happens is decided once, by :func:`rundir.status`: a finished run is not trained again (its
     results are returned), a checkpointed one resumes exactly, one killed before its first
     checkpoint starts over in place, and a new one starts.
     """
-    with rundir.lock(run_dir):
-        return _train_run(cfg, data, run_dir, out, progress, test, on_epoch)
+    d = from_env()
+    with rundir.lock(run_dir) if d.is_main else contextlib.nullcontext():  # rank 0 is the one writer
+        return _train_run(cfg, data, run_dir, out if d.is_main else _silent, progress, test, on_epoch, stop_after_s,
+                          d)
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 def _train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, out: Printer, progress: bool, test: bool,
-               on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    status = rundir.status(run_dir)
+               on_epoch: Callable[[dict[str, Any]], None] | None, stop_after_s: float | None,
+               d: Dist) -> dict[str, Any]:
+    status = d.broadcast(rundir.status(run_dir))  # one decision, rank 0's
     if status == "finished":
         out(f"{run_dir}: already finished, skipping")
         return rundir.read_results(run_dir)
     if status == "restart":
         out(f"{run_dir}: no checkpoint yet ({rundir.RESUME}); starting the run over")
-    if status != "resume":
+    if status != "resume" and d.is_main:
         rundir.write_config(run_dir, config_to_yaml(cfg))
-    trainer = Trainer(cfg, data, run_dir, out=out, progress=progress)
+    trainer = Trainer(cfg, data, run_dir, out=out, progress=progress, dist=d)
     out(f"run {run_dir}: {cfg.model.family} with {trainer.params:,} trainable params on {trainer.device} "
         f"({trainer.dtype}), {len(trainer.splits.train_y)} train / {len(trainer.splits.val_y)} val images, "
         f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps")
-    trainer.fit(resume=status == "resume", on_epoch=on_epoch)
+    timer = threading.Timer(stop_after_s, trainer.stop.request) if stop_after_s is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        trainer.fit(resume=status == "resume", on_epoch=on_epoch)
+    finally:
+        if timer is not None:
+            timer.cancel()
     results = run_results(trainer, test)
-    rundir.write_results(run_dir, results)
+    if d.is_main:
+        rundir.write_results(run_dir, results)
     if not test:
         out(f"done: best val acc {results['best_val_acc']:.4f} (epoch {results['selected_epoch']}); test set not used")
         return results
@@ -106,20 +129,21 @@ def _train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, out: Printer, progr
 def train_seeds(cfg: RunConfig, data: Cifar10, run_dir: Path, seeds: list[int], *, out: Printer = print,
                 progress: bool = True) -> dict[str, Any]:
     """Train ``cfg`` once per seed (``run_dir/seed{N}``, each resumable) and write the mean ± std summary."""
-    with rundir.lock(run_dir):
-        return _train_seeds(cfg, data, run_dir, seeds, out, progress)
+    d = from_env()
+    with rundir.lock(run_dir) if d.is_main else contextlib.nullcontext():
+        return _train_seeds(cfg, data, run_dir, seeds, out if d.is_main else _silent, progress, d)
 
 
 def _train_seeds(cfg: RunConfig, data: Cifar10, run_dir: Path, seeds: list[int], out: Printer,
-                 progress: bool) -> dict[str, Any]:
+                 progress: bool, d: Dist) -> dict[str, Any]:
     results = []
     for seed in seeds:
         seed_cfg = cfg.model_copy(update={"seed": seed, "name": f"{cfg.name or run_dir.name}-seed{seed}"})
         seed_dir = rundir.seed_dir(run_dir, seed)
-        seed_dir.mkdir(parents=True, exist_ok=True)
         results.append(train_run(seed_cfg, data, seed_dir, out=out, progress=progress))
     summary = summarize_seeds(results)
-    rundir.write_summary(run_dir, summary)
+    if d.is_main:
+        rundir.write_summary(run_dir, summary)
     out(f"over {len(seeds)} seeds {seeds}: test accuracy {fmt_mean_std(summary.get('test_acc'), 100)} %, "
         f"train time {fmt_mean_std(summary.get('train_time_s'), 1, 1)} s")
     return summary

@@ -28,6 +28,7 @@ from resnet5m.models.budget import check_budget, count_parameters
 from resnet5m.models.registry import build_model
 from resnet5m.models.weights import load_trained_model, save_weights
 from resnet5m.runtime.device import precision_dtype, resolve_device
+from resnet5m.runtime.distributed import Dist, from_env, sync_batchnorm
 from resnet5m.runtime.seeding import mix_seed, seed_everything, set_deterministic
 from resnet5m.training.checkpoint import (
     StopRequest,
@@ -114,16 +115,29 @@ def _loop_state(loop: Any, where: Path) -> LoopState:
     return LoopState(**loop)
 
 
+def check_distributable(cfg: RunConfig, dist: Dist) -> None:
+    """What several processes cannot do, as one-line errors (raised identically on every rank)."""
+    if cfg.train.batch_size % dist.world:
+        raise UserError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {dist.world} processes; "
+                        "the batch size is the global batch")
+    if cfg.train.mixup or cfg.train.cutmix:
+        raise UserError("train.mixup/cutmix pair images across the whole batch; not supported with several processes")
+
+
 # --- the run -----------------------------------------------------------------------------------------
 
 class Trainer:
     """Holds what one run builds from its config; :meth:`fit` runs the epochs."""
 
     def __init__(self, cfg: RunConfig, data: Cifar10, run_dir: Path, *, out: Printer = print,
-                 progress: bool = True) -> None:
+                 progress: bool = True, dist: Dist | None = None) -> None:
         self.process_start = time.perf_counter()
-        self.cfg, self.data, self.run_dir, self.out, self.show_progress = cfg, data, run_dir, out, progress
+        self.dist = dist = dist or from_env()  # one process unless launched by torchrun
+        self.cfg, self.data, self.run_dir, self.show_progress = cfg, data, run_dir, progress and dist.is_main
+        self.out = out if dist.is_main else (lambda s: None)
         self.device = resolve_device(cfg.device)
+        if dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", dist.local_rank)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         set_deterministic(cfg.deterministic)
@@ -135,8 +149,13 @@ class Trainer:
         t = cfg.train
         if len(self.splits.train_x) < t.batch_size:
             raise UserError(f"train.batch_size {t.batch_size} exceeds the {len(self.splits.train_x)} training images")
+        if dist.enabled:
+            check_distributable(cfg, dist)
+        if cfg.sync_batchnorm:  # also in one process: the same statistics code as with several
+            self.model = sync_batchnorm(self.model, self.device)
         self.loader = BatchLoader(self.splits.train_x, self.splits.train_y, t.batch_size,
-                                  augment=build_augment(cfg.augment), seed=cfg.seed, channels_last=cfg.channels_last)
+                                  augment=build_augment(cfg.augment), seed=cfg.seed, channels_last=cfg.channels_last,
+                                  shard=(dist.rank, dist.world))
         self.steps_per_epoch = len(self.loader)
         self.total_steps = max(1, math.ceil(t.epochs * self.steps_per_epoch))
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
@@ -145,15 +164,23 @@ class Trainer:
         self.average = WeightAverage(self.model, t.ema, self.total_steps, self.steps_per_epoch) if t.ema else None
         teacher = load_teacher(cfg, self.device)
         distill = t.distill
+        forward: nn.Module | None = None
+        if dist.enabled:  # gradients averaged over ranks (FastNet's whitening bias stops training mid-run)
+            forward = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=hasattr(self.model, "on_epoch_start"))
+        if cfg.compile:
+            forward = torch.compile(forward or self.model)
         self.parts = StepParts(
             model=self.model, optimizers=self.optimizers,
             loss=make_loss(t.label_smoothing, teacher, *((distill.temperature, distill.alpha) if distill else ())),
-            forward=torch.compile(self.model) if cfg.compile else None, schedule=self.schedule.factor,
+            forward=forward, schedule=self.schedule.factor,
             device=self.device, dtype=self.dtype, grad_clip=t.grad_clip,
             scaler=torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16))
-        self.metrics = rundir.MetricsLog(run_dir)
+        self.metrics = rundir.MetricsLog(run_dir, write=dist.is_main)
         self.state = LoopState()
         self.stop = StopRequest()
+        self.step_losses: list[float] = []  # this process's steps, global-batch losses (train.log_steps)
 
     def wall_time(self) -> float:
         """Wall time of the whole run: earlier processes (up to their checkpoint) plus this one."""
@@ -169,6 +196,8 @@ class Trainer:
     # -- checkpoints --
 
     def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
         save_checkpoint(self.run_dir / rundir.RESUME, {
             "loop": {**asdict(self.state), "wall_time_s": self.wall_time()}, "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers], "schedule": self.schedule.state_dict(),
@@ -193,8 +222,11 @@ class Trainer:
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
         self.state = state
         self.metrics.load(completed_epochs=state.epoch)
+        self.step_losses = self.metrics.read_steps()[:state.step]
 
     def save_weights(self, name: str, epoch: int, val_acc: float | None) -> None:
+        if not self.dist.is_main:
+            return
         save_weights(self.run_dir / name, self.eval_model(),
                      {"epoch": epoch + 1, "val_acc": val_acc, "seed": self.cfg.seed, "run": self.run_dir.name,
                       "budget": self.cfg.budget, "allow_over_budget": self.cfg.allow_over_budget})
@@ -222,7 +254,7 @@ class Trainer:
         self.model.train()
         if hasattr(self.model, "on_epoch_start"):
             self.model.on_epoch_start(epoch)
-        meter = Meter.start(self.device, s.partial)
+        meter = Meter.start(self.device, s.partial if self.dist.is_main else None)  # saved sums are global
         progress = EpochProgress(epoch, self.epochs, self.steps_per_epoch - s.batch, enabled=self.show_progress)
         log = StepLog(1 if self.device.type == "cpu" else 25, progress,
                       lambda: self.optimizers[0].param_groups[0]["lr"], self._nonfinite(epoch))
@@ -231,24 +263,33 @@ class Trainer:
         t0 = time.perf_counter()
         try:
             train_epoch(self.parts, batches, s, meter, log, total_steps=self.total_steps, prepare=self._prepare(epoch),
-                        average=self.average, stop_requested=lambda: self.stop.requested)
+                        average=self.average, stop_requested=self.stop_agreed, global_loss=self.dist.mean)
         finally:
             progress.close()
         elapsed = time.perf_counter() - t0
         meter.time += elapsed
         s.train_time_s += elapsed
-        if self.stop.requested and s.batch < self.steps_per_epoch and s.step < self.total_steps:
+        self.step_losses += log.losses
+        meter = meter.summed(self.dist.sum)
+        if self.stop_agreed() and s.batch < self.steps_per_epoch and s.step < self.total_steps:
             s.partial = meter.state()
             self.save_checkpoint()
             raise TrainingInterrupted(self.run_dir, epoch, s.batch)
         s.partial = {}
         return meter
 
+    def stop_agreed(self) -> bool:
+        """Whether to stop here: a Ctrl-C/SIGTERM/time limit on any process stops every process at the
+        same step (all ranks call this at the same points)."""
+        self.stop.requested = self.dist.any(self.stop.requested)
+        return self.stop.requested
+
     def validate(self) -> tuple[float | None, float | None]:
         if len(self.splits.val_y) == 0:
             return None, None
         logits = predict_logits(self.eval_model(), self.splits.val_x, batch_size=self.cfg.train.eval_batch_size,
-                                device=self.device, channels_last=self.cfg.channels_last, dtype=self.dtype)
+                                device=self.device, channels_last=self.cfg.channels_last, dtype=self.dtype,
+                                dist=self.dist)
         r = evaluate_logits(logits, self.splits.val_y, self.cfg.model.num_classes)
         return r.loss, r.accuracy
 
@@ -280,13 +321,16 @@ class Trainer:
                 s.stopped_early = patience is not None and val_acc is not None and s.epochs_since_best >= patience
                 self.metrics.append(row)
                 last_epoch = s.epoch >= self.epochs or s.step >= self.total_steps or s.stopped_early
-                if last_epoch or s.epoch % self.cfg.train.checkpoint_every == 0 or self.stop.requested:
+                stop = self.stop_agreed()
+                if last_epoch or s.epoch % self.cfg.train.checkpoint_every == 0 or stop:
                     self.save_weights(rundir.LAST, epoch, val_acc)
                     self.save_checkpoint()
+                if self.cfg.train.log_steps:
+                    self.metrics.write_steps(self.step_losses)
                 self.out(_epoch_line(row, self.epochs, improved))
                 if on_epoch is not None:
                     on_epoch(row)
-                if self.stop.requested and not last_epoch:
+                if stop and not last_epoch:
                     raise TrainingInterrupted(self.run_dir, s.epoch, 0)
         if len(self.splits.val_y) == 0:  # no validation: the last epoch is the selected model
             self.save_weights(rundir.BEST, s.epoch - 1, None)
