@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE))
 
 from common import machine, write_json  # noqa: E402
 from resnet5m.io import rundir  # noqa: E402
+from resnet5m.runtime.device import resolve_device  # noqa: E402
 from resnet5m.training.checkpoint import TrainingInterrupted  # noqa: E402
 from resnet5m.training.config import build_config  # noqa: E402
 from resnet5m.training.recipes import resolve_recipe  # noqa: E402
@@ -69,6 +70,8 @@ def steps(tiny: bool) -> list[Step]:
 
 def config_of(step: Step, tiny: bool, device: str):
     overrides = [f"seed={step.seed}", f"device={device}"] + (TINY if tiny else [])
+    if resolve_device(device).type == "cuda":
+        overrides.append("compile=true")  # a runtime setting: the recipe itself is unchanged
     if ":" in step.recipe:  # a study variant, resolved exactly as `resnet5m study` does
         from resnet5m.training.study import load_study, variant_configs
 
@@ -115,7 +118,7 @@ def run_step(step: Step, args: argparse.Namespace, data, budget_s: float) -> str
     write_json(result_path(args.out, step), {
         "step": step.name, "recipe": step.recipe, "seed": step.seed, "group": step.group, "target": step.target,
         "tiny": args.tiny, "shortened": cfg.shortened, "reported": cfg.reported.model_dump() if cfg.reported else None,
-        "machine": machine(__import__("torch").device(cfg.device if cfg.device != "auto" else "cpu")),
+        "machine": machine(resolve_device(cfg.device)),
         "results": results})
     return f"done: test acc {results['test_acc'] * 100:.2f}% in {results['train_time_s']:.1f}s of training"
 

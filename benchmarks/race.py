@@ -93,17 +93,19 @@ def main() -> None:
     p.add_argument("--b", default="airbench94-equivalent")
     p.add_argument("--out", type=Path, default=RESULTS / "race" / "race.json")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="applied to both recipes (only for checking the script, e.g. a tiny run)")
     args = p.parse_args()
     if args.table_only:
         return report(json.loads(args.out.read_text()))
     tune_glibc_malloc()
-    cfg_a, cfg_b = (build_config(resolve_recipe(r)) for r in (args.a, args.b))
+    cfg_a, cfg_b = (build_config(resolve_recipe(r), args.overrides) for r in (args.a, args.b))
     for cfg in (cfg_a, cfg_b):
         if cfg.data.val_size:
             raise SystemExit("error: the race trains on all 50,000 images: both recipes need data.val_size 0")
     data = load_cifar10(cfg_a.data.path)
     device = resolve_device(cfg_a.device)
-    doc = {"recipe_a": args.a, "recipe_b": args.b, "config_a": cfg_a.model_dump(mode="json"),
+    doc = {"recipe_a": args.a, "recipe_b": args.b, "overrides": args.overrides, "config_a": cfg_a.model_dump(mode="json"),
            "config_b": cfg_b.model_dump(mode="json"), "clock": "training loop + per-run model set-up incl. "
            "whitening init; excludes data loading, the untimed warm-up before each run, checkpoints, evaluation",
            "pairs": []}

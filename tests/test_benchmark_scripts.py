@@ -1,0 +1,49 @@
+"""The benchmark scripts' logic, end to end, in tiny settings (the real runs take hours on this CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=BENCH)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_gpu_suite_runs_end_to_end_with_a_tiny_setting(tmp_path, data_env):
+    common = ["--tiny", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--data", str(data_env)]
+    first = bench("gpu_suite.py", "run", "--budget-s", "25", *common)  # stops at its budget; the next call resumes
+    assert "budget spent" in first.stdout or "cut at the budget" in first.stdout, first.stdout
+    for _ in range(20):
+        out = bench("gpu_suite.py", "run", "--budget-s", "300", *common).stdout
+        if "all steps done" in out:
+            break
+    plan = bench("gpu_suite.py", "plan", *common).stdout
+    assert plan.count("done") == 6 and "to do" not in plan  # 2 fast seeds, strong, max, 2 references
+    table = bench("gpu_suite.py", "table", *common).stdout
+    assert "| fast |" in table and "| sgd-lr0.005 | 90.25 / 91.76 / 90.92 |" in table
+    rows = json.loads((tmp_path / "out" / "table.json").read_text())["rows"]
+    assert rows["fast"]["n"] == 2 and rows["adam-lr0.005"]["reported_test_acc"]["test_acc"] == [0.91602]
+    step = json.loads((tmp_path / "out" / "fast-100.json").read_text())
+    assert step["tiny"] and 0 < step["results"]["test_acc"] <= 1 and step["seed"] == 100
+
+
+def test_race_pairs_seeds_and_appends(tmp_path, data_env):
+    tiny = ["--set", "data.train_subset=300", "--set", "train.epochs=0.2", "--set", "train.batch_size=100",
+            "--set", "train.eval_batch_size=500", "--set", "eval.tta=flip"]
+    out = tmp_path / "race.json"
+    bench("race.py", "--seeds", "100", "--out", str(out), *tiny)
+    bench("race.py", "--seeds", "100,101", "--out", str(out), *tiny)  # continues: only seed 101 is new
+    doc = json.loads(out.read_text())
+    assert [p["seed"] for p in doc["pairs"]] == [100, 101]
+    s = doc["summary"]
+    assert s["n_pairs"] == 2 and s["a"]["recipe"] == "fast" and s["b"]["recipe"] == "airbench94-equivalent"
+    ratios = [p["a"]["train_s"] / p["b"]["train_s"] for p in doc["pairs"]]
+    assert abs(s["ratio_train"]["mean"] - sum(ratios) / 2) < 1e-12
+    assert all(p["a"]["scored_on"] == "test" and "cpu" in p["machine"] for p in doc["pairs"])
