@@ -18,7 +18,7 @@ def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def test_gpu_suite_runs_end_to_end_with_a_tiny_setting(tmp_path, data_env):
     common = ["--tiny", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--data", str(data_env)]
-    first = bench("gpu_suite.py", "run", "--budget-s", "25", *common)  # stops at its budget; the next call resumes
+    first = bench("gpu_suite.py", "run", "--budget-s", "6", *common)  # stops at its budget; the next call resumes
     assert "budget spent" in first.stdout or "cut at the budget" in first.stdout, first.stdout
     for _ in range(20):
         out = bench("gpu_suite.py", "run", "--budget-s", "300", *common).stdout
