@@ -106,8 +106,9 @@ def main() -> None:
     data = load_cifar10(cfg_a.data.path)
     device = resolve_device(cfg_a.device)
     doc = {"recipe_a": args.a, "recipe_b": args.b, "overrides": args.overrides,
-           "config_a": cfg_a.model_dump(mode="json"), "config_b": cfg_b.model_dump(mode="json"), "clock": "training loop + per-run model set-up incl. "
-           "whitening init; excludes data loading, the untimed warm-up before each run, checkpoints, evaluation",
+           "config_a": cfg_a.model_dump(mode="json"), "config_b": cfg_b.model_dump(mode="json"),
+           "clock": "training loop + per-run model set-up incl. whitening init; excludes data loading, the untimed "
+                    "warm-up before each run, checkpoints, evaluation",
            "pairs": []}
     if args.out.exists():
         old = json.loads(args.out.read_text())
