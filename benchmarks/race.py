@@ -25,7 +25,7 @@ import torch
 
 from common import RESULTS, machine, measure_peak_flops, print_table, write_json
 from resnet5m.cli.common import int_list
-from resnet5m.data import load_cifar10
+from resnet5m.data import Cifar10, load_cifar10
 from resnet5m.runtime import resolve_device, tune_glibc_malloc
 from resnet5m.training.config import build_config
 from resnet5m.training.recipes import resolve_recipe
@@ -95,6 +95,8 @@ def main() -> None:
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="applied to both recipes (only for checking the script, e.g. a tiny run)")
+    p.add_argument("--test-slice", type=int, default=None, metavar="N",
+                   help="score on the first N test images only (only for checking the script: not a race)")
     args = p.parse_args()
     if args.table_only:
         return report(json.loads(args.out.read_text()))
@@ -104,15 +106,18 @@ def main() -> None:
         if cfg.data.val_size:
             raise SystemExit("error: the race trains on all 50,000 images: both recipes need data.val_size 0")
     data = load_cifar10(cfg_a.data.path)
+    if args.test_slice:
+        n = args.test_slice
+        data = Cifar10(data.train_images, data.train_labels, data.test_images[:n], data.test_labels[:n], "slice")
     device = resolve_device(cfg_a.device)
     doc = {"recipe_a": args.a, "recipe_b": args.b, "overrides": args.overrides,
            "config_a": cfg_a.model_dump(mode="json"), "config_b": cfg_b.model_dump(mode="json"),
            "clock": "training loop + per-run model set-up incl. whitening init; excludes data loading, the untimed "
                     "warm-up before each run, checkpoints, evaluation",
-           "pairs": []}
+           "test_slice": args.test_slice, "pairs": []}
     if args.out.exists():
         old = json.loads(args.out.read_text())
-        if (old["config_a"], old["config_b"]) != (doc["config_a"], doc["config_b"]):
+        if [old.get(k) for k in ("config_a", "config_b", "test_slice")] != [doc[k] for k in ("config_a", "config_b", "test_slice")]:
             raise SystemExit(f"error: {args.out} holds a race of other configs; choose another --out")
         doc["pairs"] = old["pairs"]
     done = {pair["seed"] for pair in doc["pairs"]}
