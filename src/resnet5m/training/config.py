@@ -17,6 +17,7 @@ from resnet5m.data.augment import AugmentConfig
 from resnet5m.errors import UserError
 from resnet5m.io.yamlfile import parse_yaml, read_yaml
 from resnet5m.models.budget import DEFAULT_BUDGET
+from resnet5m.models.fastnet import FastNetConfig
 from resnet5m.models.registry import PRESETS, ModelConfig, model_spec_to_dict
 from resnet5m.util.validation import StrictModel, format_validation_error
 
@@ -128,6 +129,24 @@ class ResolutionStage(StrictModel):
                                                                 "augmented image; resize: the whole image, downsampled")
 
 
+class SelectConfig(StrictModel):
+    """Example selection: a cheap proxy net, trained first, scores each candidate batch of
+    ``ceil(batch_size / keep)`` images; the model trains on the ``batch_size`` with the highest proxy loss."""
+
+    keep: float = Field(..., gt=0, le=1, description="share of each candidate batch the model trains on")
+    proxy: ModelConfig = Field(default_factory=lambda: FastNetConfig(widths=[32, 64, 64]),
+                               description="the proxy net: a preset, YAML file or mapping, like model")
+    proxy_epochs: float = Field(2.0, gt=0, le=2000, description="the proxy's training length (may be fractional)")
+
+    @field_validator("proxy", mode="before")
+    @classmethod
+    def _proxy(cls, v: Any) -> Any:
+        try:
+            return model_spec_to_dict(v)  # the one model resolver, as for RunConfig.model
+        except UserError as exc:  # reported at train.select.proxy
+            raise ValueError(str(exc)) from None
+
+
 class TrainConfig(StrictModel):
     epochs: float = Field(30, gt=0, le=2000, description="may be fractional: stops mid-epoch")
     batch_size: int = Field(128, ge=1, le=16384)
@@ -138,6 +157,7 @@ class TrainConfig(StrictModel):
     cutmix: MixConfig | None = None
     ema: EMAConfig | None = None
     distill: DistillConfig | None = None
+    select: SelectConfig | None = Field(None, description="train on the hardest examples by a proxy net's loss")
     resolution_schedule: list[ResolutionStage] = Field(
         default_factory=list, description="progressive resizing: smaller random crops early, full size after")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after N epochs without val gain")
@@ -281,6 +301,11 @@ def load_config_file(path: str | Path, _seen: frozenset[Path] = frozenset()) -> 
     model = data.get("model")
     if isinstance(model, str) and model not in PRESETS and not Path(model).is_absolute():
         data["model"] = str(p.parent / model)
+    train = data.get("train")
+    select = train.get("select") if isinstance(train, dict) else None
+    proxy = select.get("proxy") if isinstance(select, dict) else None
+    if isinstance(proxy, str) and proxy not in PRESETS and not Path(proxy).is_absolute():
+        select["proxy"] = str(p.parent / proxy)  # relative to this file, like model:
     if "base" in data:  # `base: other.yaml` inherits, relative to this file
         base = data.pop("base")
         if not isinstance(base, str):

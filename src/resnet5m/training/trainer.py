@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from resnet5m.training.mixing import mix_batch
 from resnet5m.training.optim import build_optimizers
 from resnet5m.training.progress import EpochProgress
 from resnet5m.training.schedule import Schedule, resolution_at
+from resnet5m.training.selection import build_proxy, candidate_batch_size, select_hardest, train_proxy
 
 Printer = Callable[[str], None]
 
@@ -122,6 +123,9 @@ def check_distributable(cfg: RunConfig, dist: Dist) -> None:
                         "the batch size is the global batch")
     if cfg.train.mixup or cfg.train.cutmix:
         raise UserError("train.mixup/cutmix pair images across the whole batch; not supported with several processes")
+    if cfg.train.select:
+        raise UserError("train.select picks the hardest examples of the whole batch; not supported with several "
+                        "processes")
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -153,7 +157,15 @@ class Trainer:
             check_distributable(cfg, dist)
         if cfg.sync_batchnorm:  # also in one process: the same statistics code as with several
             self.model = sync_batchnorm(self.model, self.device)
-        self.loader = BatchLoader(self.splits.train_x, self.splits.train_y, t.batch_size,
+        # train.select: each step draws a larger candidate batch; the model trains on batch_size of it
+        candidates = t.batch_size
+        if t.select is not None:
+            candidates = candidate_batch_size(t.batch_size, t.select.keep)
+            if len(self.splits.train_x) < candidates:
+                raise UserError(f"train.select: the candidate batch ({candidates} = batch_size {t.batch_size} / keep "
+                                f"{t.select.keep:g}) exceeds the {len(self.splits.train_x)} training images")
+        self.proxy: nn.Module | None = None  # the trained proxy (train.select), from fit or the checkpoint
+        self.loader = BatchLoader(self.splits.train_x, self.splits.train_y, candidates,
                                   augment=build_augment(cfg.augment), seed=cfg.seed, channels_last=cfg.channels_last,
                                   shard=(dist.rank, dist.world))
         self.steps_per_epoch = len(self.loader)
@@ -202,7 +214,8 @@ class Trainer:
             "loop": {**asdict(self.state), "wall_time_s": self.wall_time()}, "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers], "schedule": self.schedule.state_dict(),
             "average": self.average.state_dict() if self.average else None,
-            "scaler": self.parts.scaler.state_dict(), "rng": rng_state(self.device)})
+            "scaler": self.parts.scaler.state_dict(), "rng": rng_state(self.device),
+            **({"proxy": self.proxy.state_dict()} if self.proxy is not None else {})})
 
     def load_checkpoint(self) -> None:
         path = self.run_dir / rundir.RESUME
@@ -217,6 +230,8 @@ class Trainer:
                 self.average.load_state_dict(ck["average"], self.device)
             self.parts.scaler.load_state_dict(ck["scaler"])
             set_rng_state(ck["rng"], self.device)
+            if self.cfg.train.select is not None:
+                self.proxy = build_proxy(self.cfg, self.device, ck["proxy"])
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
             raise UserError(f"{path}: does not match this run's config "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
@@ -249,8 +264,28 @@ class Trainer:
                                 f"stopping ({kept}). Lower the lr or add train.grad_clip")
         return stop
 
+    def prepare_proxy(self) -> None:
+        """Train the proxy of ``train.select`` (its time counts as training time: it is part of the recipe)."""
+        t0 = time.perf_counter()
+        self.proxy = train_proxy(self.cfg, self.data)
+        elapsed = time.perf_counter() - t0
+        self.state.train_time_s += elapsed
+        epochs = self.cfg.train.select.proxy_epochs if self.cfg.train.select else 0
+        params = count_parameters(self.proxy, trainable_only=False)
+        self.out(f"train.select: proxy of {params:,} params trained for {epochs:g} epochs in {elapsed:.1f}s")
+
+    def _batches(self, epoch: int, start: int) -> Iterator[Batch]:
+        batches = self.loader.epoch(epoch, start=start,
+                                    resolution=lambda b: self.resolution(epoch * self.steps_per_epoch + b))
+        if self.proxy is None:
+            return batches
+        proxy, keep, dtype = self.proxy, self.cfg.train.batch_size, self.dtype
+        return (select_hardest(proxy, b, keep, dtype) for b in batches)  # scoring counts as data time
+
     def train_epoch(self, epoch: int) -> Meter:
         s = self.state
+        if self.cfg.train.select is not None and self.proxy is None:
+            self.prepare_proxy()  # once, before the first epoch (a resumed run loads it from the checkpoint)
         self.model.train()
         if hasattr(self.model, "on_epoch_start"):
             self.model.on_epoch_start(epoch)
@@ -258,8 +293,7 @@ class Trainer:
         progress = EpochProgress(epoch, self.epochs, self.steps_per_epoch - s.batch, enabled=self.show_progress)
         log = StepLog(1 if self.device.type == "cpu" else 25, progress,
                       lambda: self.optimizers[0].param_groups[0]["lr"], self._nonfinite(epoch))
-        batches = self.loader.epoch(epoch, start=s.batch,
-                                    resolution=lambda b: self.resolution(epoch * self.steps_per_epoch + b))
+        batches = self._batches(epoch, s.batch)
         t0 = time.perf_counter()
         try:
             train_epoch(self.parts, batches, s, meter, log, total_steps=self.total_steps, prepare=self._prepare(epoch),

@@ -41,7 +41,7 @@ def format_validation_error(exc: ValidationError, where: str = "config", max_err
     for err in errors[:max_errors]:
         loc_parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
         loc = ".".join(p for i, p in enumerate(loc_parts)
-                       if not (p in _UNION_TAGS and (i == 0 or loc_parts[i - 1] == "model")))
+                       if not (p in _UNION_TAGS and (i == 0 or loc_parts[i - 1] in ("model", "proxy"))))
         msg = err["msg"].removeprefix("Value error, ")
         if len(msg) > 300:
             msg = msg[:300] + "..."
