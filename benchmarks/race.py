@@ -40,6 +40,15 @@ def stats(values: list[float]) -> dict[str, float]:
     return {"mean": m, "std": s, "se": std_error(s, n), "n": n}
 
 
+METADATA = ("description", "claimed", "reported", "measured")  # words about a recipe, not the recipe
+
+
+def recipe_of(doc: dict[str, Any]) -> list[Any]:
+    """What must not change between the pairs of one race: both configs (less their metadata) and the slice."""
+    strip = lambda cfg: {k: v for k, v in cfg.items() if k not in METADATA}  # noqa: E731
+    return [strip(doc["config_a"]), strip(doc["config_b"]), doc.get("test_slice")]
+
+
 def summary(doc: dict[str, Any]) -> dict[str, Any]:
     pairs = doc["pairs"]
     out: dict[str, Any] = {"n_pairs": len(pairs)}
@@ -117,7 +126,7 @@ def main() -> None:
            "test_slice": args.test_slice, "pairs": []}
     if args.out.exists():
         old = json.loads(args.out.read_text())
-        if [old.get(k) for k in ("config_a", "config_b", "test_slice")] != [doc[k] for k in ("config_a", "config_b", "test_slice")]:
+        if recipe_of(old) != recipe_of(doc):
             raise SystemExit(f"error: {args.out} holds a race of other configs; choose another --out")
         doc["pairs"] = old["pairs"]
     done = {pair["seed"] for pair in doc["pairs"]}
