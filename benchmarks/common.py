@@ -19,6 +19,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def git_commit() -> str:
+    """The checkout's commit (``RESNET5M_COMMIT`` where the code runs from a copy without .git)."""
+    if os.environ.get("RESNET5M_COMMIT"):
+        return os.environ["RESNET5M_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent, timeout=10)

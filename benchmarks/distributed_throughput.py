@@ -80,7 +80,8 @@ def main() -> None:
         rows.append([arm, " / ".join(f"{x:.1f}" for x in xs), f"{sum(xs) / len(xs):.1f}"])
     print_table(["arm", "img/s per repeat", "mean img/s"], rows)
     c = doc["comm"]
-    print(f"\ngradients all-reduced per step: {c['grad_bytes'] / 1e6:.1f} MB (+{c['buffer_bytes'] / 1e3:.1f} kB buffers); "
+    print(f"\ngradients all-reduced per step: {c['grad_bytes'] / 1e6:.1f} MB "
+          f"(+{c['buffer_bytes'] / 1e3:.1f} kB buffers); "
           f"ring all-reduce over 8 GPUs: {c['allreduce_ms_8gpu_25GBps']:.2f} ms at 25 GB/s, "
           f"{c['allreduce_ms_8gpu_100GBps']:.2f} ms at 100 GB/s, {c['allreduce_ms_8gpu_400GBps']:.3f} ms at 400 GB/s")
     print(f"wrote {write_json(args.out, doc)}")

@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,10 +69,12 @@ def steps(tiny: bool) -> list[Step]:
     return out
 
 
-def config_of(step: Step, tiny: bool, device: str):
+def config_of(step: Step, tiny: bool, device: str, compile: bool = False, extra: tuple[str, ...] = ()):
+    """The step's run config; ``compile`` is a runtime setting (the recipe itself is unchanged). Off by
+    default: its compile time would fall inside the first epoch's training time. ``extra`` overrides
+    (``--set``) change the recipe: every result written records them."""
     overrides = [f"seed={step.seed}", f"device={device}"] + (TINY if tiny else [])
-    if resolve_device(device).type == "cuda":
-        overrides.append("compile=true")  # a runtime setting: the recipe itself is unchanged
+    overrides += (["compile=true"] if compile else []) + list(extra)
     if ":" in step.recipe:  # a study variant, resolved exactly as `resnet5m study` does
         from resnet5m.training.study import load_study, variant_configs
 
@@ -106,7 +109,7 @@ def result_path(out: Path, step: Step) -> Path:
 def run_step(step: Step, args: argparse.Namespace, data, budget_s: float) -> str:
     from resnet5m.training.run import train_run
 
-    cfg = config_of(step, args.tiny, args.device)
+    cfg = config_of(step, args.tiny, args.device, args.compile, tuple(args.set))
     run = args.work / step.name
     run.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -115,11 +118,14 @@ def run_step(step: Step, args: argparse.Namespace, data, budget_s: float) -> str
     except TrainingInterrupted:
         return f"cut at the budget after {time.time() - t0:.0f}s (checkpointed; the next call resumes it)"
     results = {k: v for k, v in results.items() if k not in ("confusion", "per_class_accuracy")}
-    write_json(result_path(args.out, step), {
+    doc = {
         "step": step.name, "recipe": step.recipe, "seed": step.seed, "group": step.group, "target": step.target,
         "tiny": args.tiny, "shortened": cfg.shortened, "reported": cfg.reported.model_dump() if cfg.reported else None,
-        "machine": machine(resolve_device(cfg.device)),
-        "results": results})
+        "machine": machine(resolve_device(cfg.device)), "compile": cfg.compile,
+        "overrides": list(args.set), "results": results}
+    write_json(result_path(args.out, step), doc)
+    with open(args.out / "steps.jsonl", "a") as f:  # every result in one file too (the device tool returns few files)
+        f.write(json.dumps(doc) + "\n")
     return f"done: test acc {results['test_acc'] * 100:.2f}% in {results['train_time_s']:.1f}s of training"
 
 
@@ -134,6 +140,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.tiny:  # a tiny check of the logic: a slice of the test set too
         data = Cifar10(data.train_images, data.train_labels, data.test_images[:500], data.test_labels[:500], "tiny")
     deadline = time.time() + args.budget_s
+    if resolve_device(args.device).type == "cuda" and not args.tiny:
+        warm_up(args, data)
     for step in steps(args.tiny):
         if result_path(args.out, step).exists():
             continue
@@ -143,6 +151,20 @@ def cmd_run(args: argparse.Namespace) -> None:
             return
         print(f"{step.name}: {run_step(step, args, data, left)}", flush=True)
     print("all steps done")
+
+
+def warm_up(args: argparse.Namespace, data) -> None:
+    """Once per process on a GPU, before any timed run: the fast recipe on 3,000 training images for its
+    full schedule (every resolution), so CUDA's start-up and cuDNN's algorithm search for these shapes fall
+    outside the timed runs (as airbench's warm-up run does). Nothing of it is recorded as a result."""
+    from resnet5m.training.run import train_run
+
+    t0 = time.time()
+    cfg = build_config(resolve_recipe("fast"), ["seed=0", f"device={args.device}", "data.train_subset=3000",
+                                                 *(["compile=true"] if args.compile else [])])
+    args.work.mkdir(parents=True, exist_ok=True)
+    train_run(cfg, data, Path(tempfile.mkdtemp(prefix="warmup-", dir=args.work)), out=lambda s: None, progress=False)
+    print(f"warm-up: {time.time() - t0:.1f}s (not a result)", flush=True)
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -191,6 +213,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "results" / "gpu")
     p.add_argument("--data", type=Path, help="CIFAR-10 (default: .devdata/cifar10.npz, then $RESNET5M_DATA)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override every run's config (a shortened or smoke run; recorded in each result)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every run (its compile time then falls inside the first epoch's time)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     {"plan": cmd_plan, "run": cmd_run, "table": table}[args.command](args)
