@@ -8,12 +8,15 @@ its full published length; then one table of "reported by the study" against "me
     python benchmarks/gpu_suite.py run --tiny ...            # the same logic, tiny, on a CPU (tests use this)
 
 On the device machine (see the project guide): run ``../shared/tools/split-cifar10-for-device`` here,
-then three calls carrying ``.devdata/p1``, ``.devdata/p2``, ``.devdata/p3``; the third (or any later
-call) does ``python benchmarks/gpu_suite.py run --out $OUT`` after this script has assembled
-``.devdata/cifar10.npz`` from the chunks and checked its SHA-256. Run directories live in ``--work``
-(default ``.devdata/gpu-runs``, kept on a warm machine between calls); each finished step writes one
-small JSON into ``--out`` (default ``benchmarks/results/gpu``), which is all that comes back. A run cut
-by the budget is checkpointed and resumed by the next call on the same machine.
+then three calls back to back carrying ``.devdata/p1``, ``.devdata/p2``, ``.devdata/p3``; the third
+assembles ``.devdata/cifar10.npz`` from the chunks (this script does it too, checking the SHA-256) and
+runs ``python benchmarks/gpu_suite.py run --data .devdata/cifar10.npz --out .devdata/gpu-out --device cuda``.
+Run directories live in ``--work`` (default ``.devdata/gpu-runs``, kept on a warm machine between
+calls); each finished step writes one small JSON into ``--out`` and appends it to ``--out``/steps.jsonl;
+the device tool returns at most 8 files, so copy ``steps.jsonl`` (and a tarball of the runs' metrics)
+to ``$OUT``. A run cut by the budget is checkpointed and resumed by the next call on the same machine.
+On CUDA one untimed warm-up run comes first; ``--compile`` is off unless asked for (its compile time
+would count as training time). The 2026-11-26 H200 results: ``benchmarks/results/gpu/2026-11-26-h200/``.
 
 Seeds 100+ are fresh: no tuning run used them. Every recipe is run exactly as shipped, except the
 ``--tiny`` setting (a few hundred images, a fraction of an epoch), which only exercises the logic.
