@@ -44,3 +44,18 @@ def test_sgd_ablation_keeps_the_recipe_bias_and_head_lr(ablations) -> None:
     assert sgd.name == "sgd" and sgd.nesterov
     assert sgd.lr * sgd.bias_lr_scale == pytest.approx(fast.lr, rel=1e-3)
     assert sgd.lr * sgd.head_lr_scale == pytest.approx(fast.lr * fast.head_lr_scale, rel=1e-3)
+
+
+def test_recipes_listing_shows_what_was_measured_where(capsys):
+    """`resnet5m recipes`: a measured recipe shows its mean, n, time (seconds under two minutes) and
+    machine; an unmeasured one says so; a reference shows what its study reports."""
+    from resnet5m.cli.main import main
+
+    assert main(["recipes"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    max_cfg = build_config(resolve_recipe("max"), [])
+    assert max_cfg.measured is not None and max_cfg.measured.train_time_s < 120
+    assert f"{max_cfg.measured.test_acc * 100:.2f}" in rows["max"] and "(n=3)" in rows["max"]
+    assert f"{max_cfg.measured.train_time_s:.1f} s" in rows["max"] and "H200" in rows["max"]
+    assert "min" in rows["fast"] and "AMD EPYC" in rows["fast"]  # the CPU race: 1037 s shown in minutes
+    assert "not measured" in rows["reddy2024"] and "92.89%" in rows["reddy2024"]

@@ -19,7 +19,8 @@ def measured_cell(cfg: RunConfig) -> str:
     if m is None:
         return "not measured"
     spread = f" ± {m.test_acc_std * 100:.2f}" if m.n > 1 else ""
-    return f"{m.test_acc * 100:.2f}{spread}% (n={m.n}), {m.train_time_s / 60:.1f} min, {m.machine}, {m.date}"
+    took = f"{m.train_time_s:.1f} s" if m.train_time_s < 120 else f"{m.train_time_s / 60:.1f} min"
+    return f"{m.test_acc * 100:.2f}{spread}% (n={m.n}), {took}, {m.machine}, {m.date}"
 
 
 def reported_cell(cfg: RunConfig) -> str:
