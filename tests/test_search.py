@@ -22,6 +22,7 @@ from resnet5m.reporting.search_report import build_search_report, is_search_dir
 from resnet5m.search.runner import SearchOptions, run_final, run_search, trial_dir, worker_threads
 from resnet5m.search.space import config_dict, decode_choice, encode_choice, load_space, set_key
 from resnet5m.training.config import build_config, validate_config
+from resnet5m.training.recipes import resolve_recipe
 
 SPACE = {
     "description": "tiny test space",
@@ -269,3 +270,26 @@ def test_pruner_choice(tmp_path):
     assert isinstance(make_pruner(none), optuna.pruners.NopPruner)
     median = setup_study(space, SearchOptions(runs_dir=runs, pruner="median"))
     assert isinstance(make_pruner(median), optuna.pruners.MedianPruner)
+
+
+def test_trials_do_not_inherit_the_base_recipes_measurements(tmp_path):
+    """`fast` states what was measured for it; a trial, best.yaml and the final retraining are other
+    configs, so none of them may carry that block (or its claimed/reported figures)."""
+    assert build_config(resolve_recipe("fast")).measured is not None
+    space = load_space(write_space(tmp_path / "f.yaml", base="fast",
+                                   set={"data.val_size": 500, "data.train_subset": 2000},
+                                   params={"optimizer.lr": {"low": 200, "high": 800}}))
+    for key in ("measured", "claimed", "reported", "description"):
+        assert key not in space.base
+    assert space.base_cfg.measured is None and space.base_cfg.claimed == ""
+    # best.yaml of a trial whose config.yaml still holds the base's block (a study made before the fix)
+    from resnet5m.reporting.search_report import best_recipe
+
+    trial = tmp_path / "study" / "trials" / "trial-0"
+    trial.mkdir(parents=True)
+    (trial / "config.yaml").write_text(yaml.safe_dump(build_config(resolve_recipe("fast")).model_dump(mode="json")))
+    text = best_recipe(tmp_path / "study", {"run_dir": "trials/trial-0", "number": 0, "val_acc": 0.5,
+                                            "params_count": 1}, {"name": "f"})
+    (tmp_path / "best.yaml").write_text(text)
+    best = build_config(str(tmp_path / "best.yaml"))
+    assert best.measured is None and best.reported is None and best.claimed == ""

@@ -317,6 +317,8 @@ def _try_load(study_dir: Path, meta: dict[str, Any]) -> Any:
 def best_recipe(study_dir: Path, best: dict[str, Any], meta: dict[str, Any]) -> str:
     """The best trial's resolved config as a recipe for ``resnet5m train --config best.yaml``."""
     cfg = read_yaml(study_dir / best["run_dir"] / rundir.CONFIG)
+    for key in ("claimed", "reported", "measured"):  # the base recipe's, not this config's
+        cfg.pop(key, None)
     cfg["name"] = None
     cfg["threads"] = None
     cfg["description"] = (f"best trial {best['number']} of search {meta.get('name')}: validation accuracy "

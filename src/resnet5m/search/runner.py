@@ -36,7 +36,7 @@ from resnet5m.reporting.search_report import (
     build_search_report,
     trial_records,
 )
-from resnet5m.search.space import DIRECTIONS, Space, check_objectives, config_dict, suggest
+from resnet5m.search.space import DIRECTIONS, RECIPE_METADATA, Space, check_objectives, config_dict, suggest
 from resnet5m.search.storage import HEARTBEAT_S, default_url, display_url, open_storage, quiet_optuna
 from resnet5m.training.checkpoint import TrainingInterrupted
 from resnet5m.training.config import (
@@ -462,6 +462,8 @@ def final_config(setup: StudySetup, study: Any, overrides: list[str], threads: i
         raise UserError(f"study {setup.name}: no completed trial within the budget yet; nothing to retrain")
     cfg_file = setup.dir / best["run_dir"] / rundir.CONFIG
     data = load_config_file(cfg_file)
+    for key in RECIPE_METADATA:  # trials of studies made before this was cleared may still carry the base's
+        data.pop(key, None)
     data = apply_overrides(data, ["data.val_size=0", "data.train_subset=null", f"name={setup.name}-final"])
     data["threads"], data["shortened"] = threads, None
     where = f"final retraining of trial {best['number']}"

@@ -180,6 +180,9 @@ def _base_path(base: str, space_file: Path) -> str:
     return resolve_recipe(base)
 
 
+RECIPE_METADATA = ("description", "claimed", "reported", "measured")
+
+
 def load_space(path: str | Path) -> Space:
     """Read and check a space file; every problem is a one-line :class:`UserError` before any trial runs."""
     p = Path(resolve_recipe(str(path)) if not Path(path).is_file() else path)
@@ -189,6 +192,8 @@ def load_space(path: str | Path) -> Space:
         raise UserError(format_validation_error(exc, str(p))) from None
     base = load_config_file(_base_path(spec.base, p))
     base.pop("name", None)
+    for key in RECIPE_METADATA:  # what was claimed, reported or measured for the base recipe is not true of a trial
+        base.pop(key, None)
     recipe_cfg = validate_config(base, where=f"{p}: base {spec.base}")
     try:
         for key, value in spec.set.items():
