@@ -128,6 +128,9 @@ def test_a_run_shorter_than_its_recipe_is_marked_shortened():
     assert config_from_args(parse_train(["--config", "mehta2023"])).shortened is None
     cfg = config_from_args(parse_train(["--config", "mehta2023", "--epochs", "2", "--set", "data.train_subset=5000"]))
     assert cfg.shortened == "shortened: epochs=2 of 300, train_subset=5000"
+    # the recipe's measurement belongs to the full recipe, not to a shortened run of it
+    assert config_from_args(parse_train(["--config", "max", "--seed", "7"])).measured is not None
+    assert config_from_args(parse_train(["--config", "max", "--epochs", "10"])).measured is None
 
 
 def test_projection_skip_adds_a_shortcut_from_the_group_input():

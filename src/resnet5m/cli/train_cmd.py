@@ -115,7 +115,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         extra["model"] = resolve_model_config(base, overrides).model_dump(mode="json")
     cfg = build_config(config_path, args.overrides, extra)
     note = shortening_note(build_config(config_path, [], {}), cfg)
-    return cfg.model_copy(update={"shortened": note}) if note and not cfg.shortened else cfg
+    # a shortened run is not the recipe that was measured: its config must not carry that measurement
+    return cfg.model_copy(update={"shortened": note, "measured": None}) if note and not cfg.shortened else cfg
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -81,7 +81,8 @@ def variant_configs(study: StudyConfig, study_file: Path, overrides: list[str]) 
         unmodified = validate_config(data, where=where)
         cfg = validate_config(apply_overrides(data, overrides), where=where)
         note = shortening_note(unmodified, cfg)
-        out[name] = cfg.model_copy(update={"shortened": note}) if note and not cfg.shortened else cfg
+        out[name] = cfg.model_copy(update={"shortened": note, "measured": None}) if note and not cfg.shortened \
+            else cfg
     return out
 
 
