@@ -26,6 +26,7 @@ from resnet5m.io import rundir
 from resnet5m.io.atomic import atomic_write_text
 from resnet5m.io.yamlfile import read_yaml
 from resnet5m.reporting.plots import _save, plt
+from resnet5m.training.config import RECIPE_METADATA
 from resnet5m.util.stats import fmt_mean_std
 
 SEARCH_FILE = "search.json"
@@ -317,7 +318,7 @@ def _try_load(study_dir: Path, meta: dict[str, Any]) -> Any:
 def best_recipe(study_dir: Path, best: dict[str, Any], meta: dict[str, Any]) -> str:
     """The best trial's resolved config as a recipe for ``resnet5m train --config best.yaml``."""
     cfg = read_yaml(study_dir / best["run_dir"] / rundir.CONFIG)
-    for key in ("claimed", "reported", "measured"):  # the base recipe's, not this config's
+    for key in RECIPE_METADATA:  # the base recipe's, not this config's (description is set below)
         cfg.pop(key, None)
     cfg["name"] = None
     cfg["threads"] = None

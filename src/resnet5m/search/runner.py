@@ -36,10 +36,11 @@ from resnet5m.reporting.search_report import (
     build_search_report,
     trial_records,
 )
-from resnet5m.search.space import DIRECTIONS, RECIPE_METADATA, Space, check_objectives, config_dict, suggest
+from resnet5m.search.space import DIRECTIONS, Space, check_objectives, config_dict, suggest
 from resnet5m.search.storage import HEARTBEAT_S, default_url, display_url, open_storage, quiet_optuna
 from resnet5m.training.checkpoint import TrainingInterrupted
 from resnet5m.training.config import (
+    RECIPE_METADATA,
     RunConfig,
     apply_overrides,
     config_to_yaml,

@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from resnet5m.errors import UserError
 from resnet5m.io.yamlfile import read_yaml
 from resnet5m.models.registry import model_spec_to_dict
-from resnet5m.training.config import RunConfig, deep_merge, load_config_file, validate_config
+from resnet5m.training.config import RECIPE_METADATA, RunConfig, deep_merge, load_config_file, validate_config
 from resnet5m.training.recipes import resolve_recipe
 from resnet5m.util.validation import StrictModel, format_validation_error, short_repr
 
@@ -178,9 +178,6 @@ def _base_path(base: str, space_file: Path) -> str:
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
         return str(candidate)
     return resolve_recipe(base)
-
-
-RECIPE_METADATA = ("description", "claimed", "reported", "measured")
 
 
 def load_space(path: str | Path) -> Space:

@@ -206,6 +206,11 @@ class Measured(StrictModel):
     note: str = ""
 
 
+# what a recipe file says about itself rather than how to train: a config derived from it (a search
+# trial, its best config) must drop these, since they describe the recipe, not the derived config
+RECIPE_METADATA = ("description", "claimed", "reported", "measured")
+
+
 class RunConfig(StrictModel):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.=+-]+$", max_length=120)
     description: str = ""
