@@ -47,3 +47,17 @@ def test_race_pairs_seeds_and_appends(tmp_path, data_env):
     ratios = [p["a"]["train_s"] / p["b"]["train_s"] for p in doc["pairs"]]
     assert abs(s["ratio_train"]["mean"] - sum(ratios) / 2) < 1e-12
     assert all(p["a"]["scored_on"] == "test" and "cpu" in p["machine"] for p in doc["pairs"])
+
+
+def test_gpu_suite_max_length_plan_scores_tuning_runs_on_validation_only(tmp_path, data_env):
+    common = ["--tiny", "--plan", "max-length", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+              "--data", str(data_env)]
+    assert "all steps done" in bench("gpu_suite.py", "run", *common).stdout
+    val = json.loads((tmp_path / "out" / "max40-val-0.json").read_text())
+    assert val["validation"] and val["results"]["test_acc"] is None and 0 < val["results"]["last_val_acc"] <= 1
+    assert "train.epochs=40" not in val["overrides"] and "data.val_size=100" in val["overrides"]  # tiny length kept
+    test = json.loads((tmp_path / "out" / "max-103.json").read_text())
+    assert not test["validation"] and 0 < test["results"]["test_acc"] <= 1 and test["results"]["val_images"] == 0
+    assert "max40-val (validation accuracy, not test)" in bench("gpu_suite.py", "table", *common).stdout
+    rows = json.loads((tmp_path / "out" / "table.json").read_text())["rows"]
+    assert rows["max40-val"]["validation"] and not rows["max"]["validation"]
