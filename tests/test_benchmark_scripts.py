@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -61,3 +63,15 @@ def test_gpu_suite_max_length_plan_scores_tuning_runs_on_validation_only(tmp_pat
     assert "max40-val (validation accuracy, not test)" in bench("gpu_suite.py", "table", *common).stdout
     rows = json.loads((tmp_path / "out" / "table.json").read_text())["rows"]
     assert rows["max40-val"]["validation"] and not rows["max"]["validation"]
+
+
+def test_near_duplicates_finds_an_exact_copy_and_ignores_the_rest():
+    sys.path.insert(0, str(BENCH))
+    from near_duplicates import features, nearest, shares
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8, generator=g)
+    queries = torch.cat([ref[7:8], torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=g)])
+    sim = nearest(features(queries), features(ref), chunk=16)  # chunked: the copy sits in the first chunk
+    assert sim[0] > 0.9999 and (sim[1:] < 0.5).all()  # random images are far from each other
+    assert shares(sim)["share_ge_0.99"] == 0.25 and shares(sim)["n"] == 4
