@@ -218,7 +218,11 @@ def cmd_run(args: argparse.Namespace) -> None:
                 return
             warmed.add(key)
             left = deadline - time.time()
-        print(f"{step.name}: {run_step(step, args, data, left)}", flush=True)
+        msg = run_step(step, args, data, left)
+        print(f"{step.name}: {msg}", flush=True)
+        if msg.startswith("cut at the budget"):  # the budget is spent: not "all steps done"
+            print(f"budget spent; the next call continues at {step.name}")
+            return
     print("all steps done")
 
 
