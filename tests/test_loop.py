@@ -15,7 +15,7 @@ from resnet5m.training import Trainer, build_config
 from resnet5m.training.config import OptimizerConfig
 from resnet5m.training.loop import StepParts, train_step
 from resnet5m.training.losses import make_loss
-from resnet5m.training.optim import Muon, _zeropower_newton_schulz, build_optimizers
+from resnet5m.training.optim import Muon, _zeropower_batched, _zeropower_newton_schulz, build_optimizers
 
 SMALL = {
     "model": {"blocks": [1, 1], "channels": [16, 32]},
@@ -186,6 +186,45 @@ def test_muon_pins_each_filter_banks_norm_and_orthogonalises_the_update():
     assert s_u.max() < 1.3 and s_u.max() / s_u.min() < 0.75 * (s_g.max() / s_g.min())  # flatter spectrum
     q, _ = torch.linalg.qr(torch.randn(72, 16))
     assert torch.allclose(torch.linalg.svdvals(_zeropower_newton_schulz(q.T * 3.0)), torch.ones(16), atol=0.3)
+
+
+def _muon_per_tensor_reference(params, grads_per_step, lr=0.24, momentum=0.6):
+    """The per-tensor Muon loop as it was before the foreach/batched step (2026-11-26): the behaviour to keep."""
+    bufs = [torch.zeros_like(p) for p in params]
+    for grads in grads_per_step:
+        for p, g, buf in zip(params, grads, bufs):
+            buf.mul_(momentum).add_(g)
+            u = g.add(buf, alpha=momentum)
+            p.mul_(len(p) ** 0.5 / p.norm())
+            p.add_(_zeropower_newton_schulz(u.reshape(len(u), -1).float()).view_as(p), alpha=-lr)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_muon_step_matches_the_per_tensor_loop(batched):
+    torch.manual_seed(0)
+    shapes = [(16, 8, 3, 3), (8, 16, 3, 3), (32, 32, 3, 3), (32, 8, 1, 1), (4, 64, 1, 1)]  # wide, tall, 1x1
+    init = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
+    ref = [w.clone() for w in init]
+    with torch.no_grad():
+        _muon_per_tensor_reference(ref, grads)
+    params = [torch.nn.Parameter(w.clone()) for w in init]
+    opt = Muon(params, lr=0.24, momentum=0.6, batched=batched)
+    for step in grads:
+        for p, g in zip(params, step):
+            p.grad = g.clone()
+        opt.step()
+    for p, r in zip(params, ref):
+        assert torch.allclose(p, r, atol=1e-5, rtol=1e-5), (p - r).abs().max()
+    if not batched:  # the CPU default: the same kernels as before, so the same bits
+        assert all(torch.equal(p, r) for p, r in zip(params, ref))
+
+
+def test_batched_newton_schulz_equals_one_matrix_at_a_time():
+    torch.manual_seed(1)
+    mats = [torch.randn(16, 72), torch.randn(72, 16), torch.randn(32, 32), torch.randn(3, 5)]
+    for m, b in zip(mats, _zeropower_batched(mats)):
+        assert b.shape == m.shape and torch.allclose(b, _zeropower_newton_schulz(m), atol=1e-5)
 
 
 def test_muon_optimizer_split_filters_vs_the_rest():
