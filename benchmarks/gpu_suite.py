@@ -8,6 +8,7 @@ its full published length; then one table of "reported by the study" against "me
     python benchmarks/gpu_suite.py run --tiny ...            # the same logic, tiny, on a CPU (tests use this)
     python benchmarks/gpu_suite.py run --plan max-length     # 2026-11-26: max at 70 epochs (validation check
                                                              # first), then fast under torch.compile
+    python benchmarks/gpu_suite.py run --plan max-80         # 2026-11-26 evening: max at 80 epochs
 
 On the device machine (see the project guide): run ``../shared/tools/split-cifar10-for-device`` here,
 then three calls back to back carrying ``.devdata/p1``, ``.devdata/p2``, ``.devdata/p3``; the third
