@@ -26,10 +26,13 @@ def decoupled_sgd_hparams(lr: float, weight_decay: float, momentum: float, batch
     return torch_lr, torch_wd
 
 
+_NS_COEFFS = (3.4445, -4.7750, 2.0315)  # the quintic's coefficients (Jordan et al., Muon)
+
+
 def _zeropower_newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
     """Approximately orthogonalise a matrix (U S V^T -> roughly U V^T) with a quintic Newton-Schulz
     iteration tuned for a steep slope at zero (Jordan et al., Muon)."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+    a, b, c = _NS_COEFFS
     x = g / (g.norm() + eps)
     transposed = x.size(0) > x.size(1)
     if transposed:
@@ -46,7 +49,7 @@ def _zeropower_batched(mats: list[torch.Tensor], steps: int = 3, eps: float = 1e
     Each matrix is turned wide (rows <= cols), zero-padded to the largest shape and scaled by its own
     norm; the padding stays zero (each iterate is a polynomial in X X^T times X), so every result equals
     the single-matrix one up to rounding."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+    a, b, c = _NS_COEFFS
     tall = [m.size(0) > m.size(1) for m in mats]
     wide = [m.T if t else m for m, t in zip(mats, tall)]
     rows, cols = max(m.size(0) for m in wide), max(m.size(1) for m in wide)
