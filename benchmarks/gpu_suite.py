@@ -9,6 +9,7 @@ its full published length; then one table of "reported by the study" against "me
     python benchmarks/gpu_suite.py run --plan max-length     # 2026-11-26: max at 70 epochs (validation check
                                                              # first), then fast under torch.compile
     python benchmarks/gpu_suite.py run --plan max-80         # 2026-11-26 evening: max at 80 epochs
+    python benchmarks/gpu_suite.py run --plan ladder-2       # next: the rungs with batched Muon (+ A/B)
 
 On the device machine (see the project guide): run ``../shared/tools/split-cifar10-for-device`` here,
 then three calls back to back carrying ``.devdata/p1``, ``.devdata/p2``, ``.devdata/p3``; the third
@@ -69,7 +70,8 @@ MAX40 = ("train.epochs=40", "train.resolution_schedule=[{until_epoch: 10, size: 
 
 
 def steps(tiny: bool, plan: str = "ladder") -> list[Step]:
-    return {"ladder": ladder_steps, "max-length": max_length_steps, "max-80": max_80_steps}[plan](tiny)
+    return {"ladder": ladder_steps, "max-length": max_length_steps, "max-80": max_80_steps,
+            "ladder-2": ladder_2_steps}[plan](tiny)
 
 
 MAX70 = ("train.epochs=70", "train.resolution_schedule=[{until_epoch: 17.5, size: 16}, {until_epoch: 38.5, size: 24}]")
@@ -106,6 +108,23 @@ def max_length_steps(tiny: bool) -> list[Step]:
     if not tiny:  # inductor on a CPU needs minutes of C++ compilation: not part of the tiny check
         out += [Step(f"fast-compile-{s}", "fast", s, "fast-compile", ">= 94.0% mean in <= 2.5 s", compile=True)
                 for s in (110, 111)]
+    return out
+
+
+def ladder_2_steps(tiny: bool) -> list[Step]:
+    """For the next GPU session (planned 2026-11-26, session 6, unrun): every rung again on fresh seeds 120+
+    with Muon's batched Newton-Schulz (on by default on CUDA since commit 5165e15, never timed on a GPU),
+    the first two `fast` seeds each followed by the same seed with ``optimizer.muon_batched=false`` (the
+    step-time A/B, interleaved); then `strong` in its 24-epoch form (3 seeds) and `max` (3 seeds)."""
+    ab = (120,) if tiny else (120, 121)
+    out: list[Step] = []
+    for s in ab:
+        out += [Step(f"fast-{s}", "fast", s, "fast-batched-muon", ">= 94.0% mean in <= 2.5 s"),
+                Step(f"fast-unbatched-{s}", "fast", s, "fast-per-tensor-muon", overrides=("optimizer.muon_batched=false",))]
+    out += [Step(f"fast-{s}", "fast", s, "fast-batched-muon", ">= 94.0% mean in <= 2.5 s")
+            for s in range(122, 122 if tiny else 130)]
+    for rung, target in (("strong", ">= 95.0% in <= 8 s"), ("max", ">= 96.0% mean in <= 60 s")):
+        out += [Step(f"{rung}-{s}", rung, s, rung, target) for s in range(120, 121 if tiny else 123)]
     return out
 
 
@@ -276,8 +295,8 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
         reported = docs[0]["reported"]
         rep = " / ".join(f"{a * 100:.2f}" for a in reported["test_acc"]) if reported else "-"
         gpu = docs[0]["machine"].get("gpu") or docs[0]["machine"]["cpu"]
-        entry = {"recipe": docs[0]["recipe"], "n": n, "test_acc_mean": m, "test_acc_std": s,
-                 "test_acc_se": std_error(s, n), "train_s_mean": t, "reported_test_acc": reported,
+        entry = {"recipe": docs[0]["recipe"], "n": n, "scored_on": "validation" if val else "test",
+                 "acc_mean": m, "acc_std": s, "acc_se": std_error(s, n), "train_s_mean": t, "reported_test_acc": reported,
                  "target": docs[0]["target"], "machine": gpu, "tiny": args.tiny, "validation": val,
                  "compile": docs[0].get("compile", False)}
         out[group] = entry
@@ -295,9 +314,10 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["plan", "run", "table"])
-    p.add_argument("--plan", choices=["ladder", "max-length", "max-80"], default="ladder",
+    p.add_argument("--plan", choices=["ladder", "max-length", "max-80", "ladder-2"], default="ladder",
                    help="ladder: every rung and reference as shipped; max-length: the 2026-11-26 70-epoch max; "
-                        "max-80: the 80-epoch max (2026-11-26, evening)")
+                        "max-80: the 80-epoch max (2026-11-26, evening); ladder-2: the rungs again with batched "
+                        "Muon (fast x10 with a batched/per-tensor A/B, strong x3, max x3)")
     p.add_argument("--tiny", action="store_true", help="a few hundred images, a fraction of an epoch (tests)")
     p.add_argument("--budget-s", type=float, default=540, help="stop starting/continuing runs after this")
     p.add_argument("--work", type=Path, default=ROOT / ".devdata" / "gpu-runs")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -63,6 +64,8 @@ def test_gpu_suite_max_length_plan_scores_tuning_runs_on_validation_only(tmp_pat
     assert "max40-val (validation accuracy, not test)" in bench("gpu_suite.py", "table", *common).stdout
     rows = json.loads((tmp_path / "out" / "table.json").read_text())["rows"]
     assert rows["max40-val"]["validation"] and not rows["max"]["validation"]
+    assert rows["max40-val"]["scored_on"] == "validation" and rows["max"]["scored_on"] == "test"
+    assert rows["max40-val"]["acc_mean"] == pytest.approx(val["results"]["last_val_acc"])  # n = 1: its own score
 
 
 def test_near_duplicates_finds_an_exact_copy_and_ignores_the_rest():
@@ -84,3 +87,16 @@ def test_profile_step_writes_device_and_host_tables(tmp_path):
     assert "200 synthetic images x 0.5 epochs" in text and "run without profiler" in text
     host = text.split("top by self host time:")[1]
     assert "aten::" in host and "Self CPU time total" in host  # a real profiler table, not an empty one
+
+
+def test_gpu_suite_ladder_2_interleaves_the_muon_ab_and_uses_fresh_seeds():
+    sys.path.insert(0, str(BENCH))
+    from gpu_suite import steps
+
+    plan = steps(tiny=False, plan="ladder-2")
+    names = [s.name for s in plan]
+    assert names[:4] == ["fast-120", "fast-unbatched-120", "fast-121", "fast-unbatched-121"]
+    assert all(s.overrides == ("optimizer.muon_batched=false",) for s in plan if "unbatched" in s.name)
+    assert sum(s.group == "fast-batched-muon" for s in plan) == 10
+    assert [s.seed for s in plan if s.recipe in ("strong", "max")] == [120, 121, 122] * 2
+    assert min(s.seed for s in plan) >= 120 and not any(s.val for s in plan)  # fresh seeds, final runs only
