@@ -70,8 +70,7 @@ MAX40 = ("train.epochs=40", "train.resolution_schedule=[{until_epoch: 10, size: 
 
 
 def steps(tiny: bool, plan: str = "ladder") -> list[Step]:
-    return {"ladder": ladder_steps, "max-length": max_length_steps, "max-80": max_80_steps,
-            "ladder-2": ladder_2_steps}[plan](tiny)
+    return PLANS[plan](tiny)
 
 
 MAX70 = ("train.epochs=70", "train.resolution_schedule=[{until_epoch: 17.5, size: 16}, {until_epoch: 38.5, size: 24}]")
@@ -311,10 +310,13 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+PLANS = {"ladder": ladder_steps, "max-length": max_length_steps, "max-80": max_80_steps, "ladder-2": ladder_2_steps}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["plan", "run", "table"])
-    p.add_argument("--plan", choices=["ladder", "max-length", "max-80", "ladder-2"], default="ladder",
+    p.add_argument("--plan", choices=list(PLANS), default="ladder",
                    help="ladder: every rung and reference as shipped; max-length: the 2026-11-26 70-epoch max; "
                         "max-80: the 80-epoch max (2026-11-26, evening); ladder-2: the rungs again with batched "
                         "Muon (fast x10 with a batched/per-tensor A/B, strong x3, max x3)")
