@@ -9,7 +9,8 @@ its full published length; then one table of "reported by the study" against "me
     python benchmarks/gpu_suite.py run --plan max-length     # 2026-11-26: max at 70 epochs (validation check
                                                              # first), then fast under torch.compile
     python benchmarks/gpu_suite.py run --plan max-80         # 2026-11-26 evening: max at 80 epochs
-    python benchmarks/gpu_suite.py run --plan ladder-2       # next: the rungs with batched Muon (+ A/B)
+    python benchmarks/gpu_suite.py run --plan ladder-2       # next: the rungs with batched Muon (+ A/B),
+                                                             # and G (`fast` at 32 px throughout)
 
 On the device machine (see the project guide): run ``../shared/tools/split-cifar10-for-device`` here,
 then three calls back to back carrying ``.devdata/p1``, ``.devdata/p2``, ``.devdata/p3``; the third
@@ -110,20 +111,31 @@ def max_length_steps(tiny: bool) -> list[Step]:
     return out
 
 
+# G: `fast` at 32 px throughout (no 16/24 px phases), the GPU form of rung 1, adopted 2026-12-07 on the
+# validation split by a rule fixed before its first run (G - A > 2 SE over six pairs: +0.48, SE 0.14;
+# BENCHMARKS section 4). On a GPU a step costs about the same at any of these sizes, so the phases buy
+# no time there; on a CPU they do, and `fast` as shipped keeps them.
+FAST_32PX = ("train.resolution_schedule=[]",)
+
+
 def ladder_2_steps(tiny: bool) -> list[Step]:
-    """For the next GPU session (planned 2026-11-26, session 6, unrun): every rung again on fresh seeds 120+
-    with Muon's batched Newton-Schulz (on by default on CUDA since commit 5165e15, never timed on a GPU),
-    the first two `fast` seeds each followed by the same seed with ``optimizer.muon_batched=false`` (the
-    step-time A/B, interleaved); then `strong` in its 24-epoch form (3 seeds) and `max` (3 seeds)."""
+    """For the next GPU session (planned 2026-11-26, session 6; G added 2026-12-07; unrun): every rung again
+    on fresh seeds with Muon's batched Newton-Schulz (on by default on CUDA since commit 5165e15, never
+    timed on a GPU). In order of what the issue needs most: the first two `fast` seeds each followed by
+    the same seed with ``optimizer.muon_batched=false`` (the step-time A/B, interleaved); G, rung 1's GPU
+    form, on fresh seeds 130-139 (test once each); `strong` in its 24-epoch form (3 seeds) and `max`
+    (3 seeds); last, `fast` as shipped on the remaining 8 seeds (its 10-seed GPU accuracy is known)."""
     ab = (120,) if tiny else (120, 121)
     out: list[Step] = []
     for s in ab:
         out += [Step(f"fast-{s}", "fast", s, "fast-batched-muon", ">= 94.0% mean in <= 2.5 s"),
                 Step(f"fast-unbatched-{s}", "fast", s, "fast-per-tensor-muon", overrides=("optimizer.muon_batched=false",))]
-    out += [Step(f"fast-{s}", "fast", s, "fast-batched-muon", ">= 94.0% mean in <= 2.5 s")
-            for s in range(122, 122 if tiny else 130)]
+    out += [Step(f"fast32-{s}", "fast", s, "fast-32px-G", ">= 94.0% mean in <= 2.5 s", overrides=FAST_32PX)
+            for s in range(130, 131 if tiny else 140)]
     for rung, target in (("strong", ">= 95.0% in <= 8 s"), ("max", ">= 96.0% mean in <= 60 s")):
         out += [Step(f"{rung}-{s}", rung, s, rung, target) for s in range(120, 121 if tiny else 123)]
+    out += [Step(f"fast-{s}", "fast", s, "fast-batched-muon", ">= 94.0% mean in <= 2.5 s")
+            for s in range(122, 122 if tiny else 130)]
     return out
 
 
@@ -319,7 +331,8 @@ def main() -> None:
     p.add_argument("--plan", choices=list(PLANS), default="ladder",
                    help="ladder: every rung and reference as shipped; max-length: the 2026-11-26 70-epoch max; "
                         "max-80: the 80-epoch max (2026-11-26, evening); ladder-2: the rungs again with batched "
-                        "Muon (fast x10 with a batched/per-tensor A/B, strong x3, max x3)")
+                        "Muon (a batched/per-tensor A/B on fast, G = fast at 32 px throughout x10, strong x3, max x3, "
+                        "then fast's other 8 seeds)")
     p.add_argument("--tiny", action="store_true", help="a few hundred images, a fraction of an epoch (tests)")
     p.add_argument("--budget-s", type=float, default=540, help="stop starting/continuing runs after this")
     p.add_argument("--work", type=Path, default=ROOT / ".devdata" / "gpu-runs")

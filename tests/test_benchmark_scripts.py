@@ -100,3 +100,8 @@ def test_gpu_suite_ladder_2_interleaves_the_muon_ab_and_uses_fresh_seeds():
     assert sum(s.group == "fast-batched-muon" for s in plan) == 10
     assert [s.seed for s in plan if s.recipe in ("strong", "max")] == [120, 121, 122] * 2
     assert min(s.seed for s in plan) >= 120 and not any(s.val for s in plan)  # fresh seeds, final runs only
+    g = [s for s in plan if s.group == "fast-32px-G"]  # rung 1's GPU form, right after the A/B
+    assert names[4:14] == [s.name for s in g] and [s.seed for s in g] == list(range(130, 140))
+    assert all(s.recipe == "fast" and s.overrides == ("train.resolution_schedule=[]",) for s in g)
+    seeds = [(s.recipe, s.seed) for s in plan if "unbatched" not in s.name]
+    assert len(seeds) == len(set(seeds))  # fast and G never share a seed; only the A/B repeats one, by design
