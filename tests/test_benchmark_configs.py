@@ -60,3 +60,22 @@ def test_recipes_listing_shows_what_was_measured_where(capsys):
     assert f"{m.train_time_s:.1f} s" in rows["max"] and "NVIDIA H" in rows["max"] and m.date in rows["max"]
     assert "min" in rows["fast"] and "AMD EPYC" in rows["fast"]  # the CPU race: 1037 s shown in minutes
     assert "not measured" in rows["reddy2024"] and "92.89%" in rows["reddy2024"]
+
+
+def test_fast32_preset_is_the_gpu_plans_g() -> None:
+    """`fast32` (G, chosen on validation) is `fast` plus the override the gpu_suite ladder-2 plan runs:
+    one config under two names, so a result of either is a result of both."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from gpu_suite import FAST_32PX
+    finally:
+        sys.path.remove(str(BENCH))
+    from resnet5m.training.config import RECIPE_METADATA
+
+    preset = build_config(resolve_recipe("fast32")).model_dump()
+    plan_g = build_config(resolve_recipe("fast"), list(FAST_32PX)).model_dump()
+    fast = build_config(resolve_recipe("fast")).model_dump()
+    assert preset["train"]["resolution_schedule"] == [] and fast["train"]["resolution_schedule"]
+    for key in RECIPE_METADATA:
+        preset.pop(key), plan_g.pop(key)
+    assert preset == plan_g
