@@ -10,7 +10,8 @@ its full published length; then one table of "reported by the study" against "me
                                                              # first), then fast under torch.compile
     python benchmarks/gpu_suite.py run --plan max-80         # 2026-11-26 evening: max at 80 epochs
     python benchmarks/gpu_suite.py run --plan ladder-2       # next: the rungs with batched Muon (+ A/B),
-                                                             # and G (`fast` at 32 px throughout)
+                                                             # and G (`fast` at 32 px throughout), then G
+                                                             # with its whole step compiled (x2)
 
 On the device machine (see the project guide): run ``../shared/tools/split-cifar10-for-device`` here,
 then three calls back to back carrying ``.devdata/p1``, ``.devdata/p2``, ``.devdata/p3``; the third
@@ -65,6 +66,7 @@ class Step:
     overrides: tuple[str, ...] = ()  # this step's changes to the recipe (recorded in its result)
     val: bool = False  # a tuning run: trains on 45,000 images, scored on the validation split, test set unused
     compile: bool = False  # torch.compile this run (a runtime lever; the recipe is unchanged)
+    compile_optimizer: bool = False  # also torch.compile Muon's step (optimizer.muon_compile; a runtime lever)
 
 
 MAX40 = ("train.epochs=40", "train.resolution_schedule=[{until_epoch: 10, size: 16}, {until_epoch: 22, size: 24}]")
@@ -136,6 +138,12 @@ def ladder_2_steps(tiny: bool) -> list[Step]:
         out += [Step(f"{rung}-{s}", rung, s, rung, target) for s in range(120, 121 if tiny else 123)]
     out += [Step(f"fast-{s}", "fast", s, "fast-batched-muon", ">= 94.0% mean in <= 2.5 s")
             for s in range(122, 122 if tiny else 130)]
+    # added 2026-12-07 (session 12), last so it cannot take time from the runs above: G with the whole step
+    # compiled (the model's forward/backward and Muon's step, `optimizer.muon_compile`), the lever the
+    # 2026-11-26 profile points to; fresh seeds 143-144 (140-142 tested G on the CPU). A runtime change
+    # only: compared with G's eager time on the same card, after its own untimed compiled warm-up.
+    out += [Step(f"fast32-compiled-{s}", "fast", s, "fast-32px-G-compiled-step", ">= 94.0% mean in <= 2.5 s",
+                 overrides=FAST_32PX, compile=True, compile_optimizer=True) for s in range(143, 144 if tiny else 145)]
     return out
 
 
@@ -153,11 +161,12 @@ def ladder_steps(tiny: bool) -> list[Step]:
 
 
 def config_of(step: Step, tiny: bool, device: str, compile: bool = False, extra: tuple[str, ...] = ()):
-    """The step's run config; ``compile`` is a runtime setting (the recipe itself is unchanged). Off by
-    default: its compile time would fall inside the first epoch's training time. ``extra`` overrides
-    (``--set``) change the recipe: every result written records them."""
+    """The step's run config; ``compile`` (and the step's ``compile_optimizer``) are runtime settings (the
+    recipe itself is unchanged). Off by default: compile time would fall inside the first epoch's training
+    time. ``extra`` overrides (``--set``) change the recipe: every result written records them."""
     overrides = [f"seed={step.seed}", f"device={device}"] + (TINY if tiny else [])
     overrides += (["compile=true"] if compile else []) + list(extra)
+    overrides += ["optimizer.muon_compile=true"] if step.compile_optimizer else []
     if ":" in step.recipe:  # a study variant, resolved exactly as `resnet5m study` does
         from resnet5m.training.study import load_study, variant_configs
 
@@ -210,6 +219,7 @@ def run_step(step: Step, args: argparse.Namespace, data, budget_s: float) -> str
         "tiny": args.tiny, "validation": step.val, "shortened": cfg.shortened,
         "reported": cfg.reported.model_dump() if cfg.reported else None,
         "machine": machine(resolve_device(cfg.device)), "compile": cfg.compile,
+        "compile_optimizer": cfg.optimizer.muon_compile,
         "overrides": list(extra), "results": results}
     write_json(result_path(args.out, step), doc)
     with open(args.out / "steps.jsonl", "a") as f:  # every result in one file too (the device tool returns few files)
@@ -232,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         data = Cifar10(data.train_images, data.train_labels, data.test_images[:100], data.test_labels[:100], "tiny")
     deadline = time.time() + args.budget_s
     gpu = resolve_device(args.device).type == "cuda" and not args.tiny
-    warmed: set[tuple[str, bool]] = set()
+    warmed: set[tuple[str, bool, bool, tuple[str, ...]]] = set()
     if gpu and not any(s.recipe in RUNGS for s in steps(args.tiny, args.plan)):
         warm_up(args, data, "fast", args.compile, budget_s=args.budget_s)  # CUDA's start-up stays out of the first timed run
     for step in steps(args.tiny, args.plan):
@@ -242,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         if left < 5:
             print(f"budget spent; the next call continues at {step.name}")
             return
-        key = (step.recipe, args.compile or step.compile)
+        key = warm_up_key(step, args.compile)
         if gpu and step.recipe in RUNGS and key not in warmed:
             if not warm_up(args, data, *key, budget_s=left):
                 print(f"budget spent in the warm-up; the next call continues at {step.name}")
@@ -260,25 +270,37 @@ def cmd_run(args: argparse.Namespace) -> None:
 RUNGS = ("fast", "strong", "max")
 
 
-def warm_up(args: argparse.Namespace, data, recipe: str, compile: bool, budget_s: float | None = None) -> bool:
-    """On a GPU, once per process before a rung's first timed run: that rung (compiled if its runs are)
-    on 3,000 training images for its full schedule (every resolution), so CUDA's start-up, cuDNN's
-    algorithm search and compilation for these shapes fall outside the timed runs (as airbench's warm-up
-    run does). Nothing of it is recorded as a result. It stops at ``budget_s`` seconds (then returns False: the
-    budget is spent; a compiled warm-up can take minutes)."""
+def warm_up_key(step: Step, compile_all: bool) -> tuple[str, bool, bool, tuple[str, ...]]:
+    """What a step's warm-up must match, as :func:`warm_up`'s arguments after ``data``: the recipe, how it
+    is compiled, and (for a compiled step) its overrides, so the warm-up compiles the shapes it will run."""
+    compiled = compile_all or step.compile
+    return step.recipe, compiled, step.compile_optimizer, step.overrides if compiled else ()
+
+
+def warm_up(args: argparse.Namespace, data, recipe: str, compile: bool, compile_optimizer: bool = False,
+            overrides: tuple[str, ...] = (), budget_s: float | None = None) -> bool:
+    """On a GPU, once per process before a rung's first timed run: that rung (compiled if its runs are;
+    with a compiled run's ``overrides``, so its shapes are the ones compiled) on 3,000 training images for
+    its full schedule (every resolution), so CUDA's start-up, cuDNN's algorithm search and compilation for
+    these shapes fall outside the timed runs (as airbench's warm-up run does). Nothing of it is recorded as
+    a result. It stops at ``budget_s`` seconds (then returns False: the budget is spent; a compiled warm-up
+    can take minutes)."""
     from resnet5m.training.run import train_run
 
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     cfg = build_config(resolve_recipe(recipe), ["seed=0", f"device={args.device}", "data.train_subset=3000",
-                                                *(["compile=true"] if compile else [])])
+                                                *(["compile=true"] if compile else []),
+                                                *(["optimizer.muon_compile=true"] if compile_optimizer else []),
+                                                *overrides])
     try:
         train_run(cfg, data, Path(tempfile.mkdtemp(prefix="warmup-", dir=args.work)), out=lambda s: None,
                   progress=False, stop_after_s=budget_s)
     except TrainingInterrupted:
         print(f"warm-up {recipe}: cut at the budget after {time.time() - t0:.0f}s (not a result)", flush=True)
         return False
-    print(f"warm-up {recipe}{' (compiled)' if compile else ''}: {time.time() - t0:.1f}s (not a result)", flush=True)
+    what = " (compiled" + (", Muon too" if compile_optimizer else "") + ")" if compile else ""
+    print(f"warm-up {recipe}{what}: {time.time() - t0:.1f}s (not a result)", flush=True)
     return True
 
 
@@ -309,7 +331,7 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
         entry = {"recipe": docs[0]["recipe"], "n": n, "scored_on": "validation" if val else "test",
                  "acc_mean": m, "acc_std": s, "acc_se": std_error(s, n), "train_s_mean": t, "reported_test_acc": reported,
                  "target": docs[0]["target"], "machine": gpu, "tiny": args.tiny, "validation": val,
-                 "compile": docs[0].get("compile", False)}
+                 "compile": docs[0].get("compile", False), "compile_optimizer": docs[0].get("compile_optimizer", False)}
         out[group] = entry
         label = f"{group} (validation accuracy, not test)" if val else group
         rows.append(f"| {label} | {rep} | {m * 100:.2f} ± {s * 100:.2f} (n={n}) | {t:.1f} | {docs[0]['target'] or '-'} "
@@ -332,7 +354,7 @@ def main() -> None:
                    help="ladder: every rung and reference as shipped; max-length: the 2026-11-26 70-epoch max; "
                         "max-80: the 80-epoch max (2026-11-26, evening); ladder-2: the rungs again with batched "
                         "Muon (a batched/per-tensor A/B on fast, G = fast at 32 px throughout x10, strong x3, max x3, "
-                        "then fast's other 8 seeds)")
+                        "then fast's other 8 seeds, then G with its whole step compiled x2)")
     p.add_argument("--tiny", action="store_true", help="a few hundred images, a fraction of an epoch (tests)")
     p.add_argument("--budget-s", type=float, default=540, help="stop starting/continuing runs after this")
     p.add_argument("--work", type=Path, default=ROOT / ".devdata" / "gpu-runs")

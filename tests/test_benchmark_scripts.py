@@ -105,3 +105,35 @@ def test_gpu_suite_ladder_2_interleaves_the_muon_ab_and_uses_fresh_seeds():
     assert all(s.recipe == "fast" and s.overrides == ("train.resolution_schedule=[]",) for s in g)
     seeds = [(s.recipe, s.seed) for s in plan if "unbatched" not in s.name]
     assert len(seeds) == len(set(seeds))  # fast and G never share a seed; only the A/B repeats one, by design
+    compiled = [s for s in plan if s.compile or s.compile_optimizer]  # last: it cannot take the others' time
+    assert plan[-2:] == compiled and [s.seed for s in compiled] == [143, 144]  # 140-142: G's CPU test seeds
+    assert all(s.compile and s.compile_optimizer and s.overrides == g[0].overrides for s in compiled)
+
+
+def test_gpu_suite_compiles_muon_only_where_a_step_asks(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    from gpu_suite import config_of, steps
+
+    plan = steps(tiny=True, plan="ladder-2")
+    cfgs = {s.name: config_of(s, True, "cpu", s.compile, s.overrides) for s in plan}
+    assert cfgs["fast32-compiled-143"].optimizer.muon_compile and cfgs["fast32-compiled-143"].compile
+    assert not any(c.optimizer.muon_compile or c.compile for n, c in cfgs.items() if "compiled" not in n)
+
+
+def test_gpu_suite_warms_up_a_compiled_step_as_it_will_run(tmp_path, monkeypatch):
+    sys.path.insert(0, str(BENCH))
+    import argparse
+
+    import resnet5m.training.run as run_module
+    from gpu_suite import steps, warm_up, warm_up_key
+
+    seen = []
+    monkeypatch.setattr(run_module, "train_run", lambda cfg, *a, **k: seen.append(cfg))
+    plan = {s.name: s for s in steps(tiny=True, plan="ladder-2")}
+    args = argparse.Namespace(work=tmp_path, device="cpu")
+    assert warm_up(args, None, *warm_up_key(plan["fast32-compiled-143"], False), budget_s=1)
+    assert warm_up(args, None, *warm_up_key(plan["fast32-130"], False), budget_s=1)
+    compiled, eager = seen
+    assert compiled.compile and compiled.optimizer.muon_compile and compiled.train.resolution_schedule == []
+    assert not eager.compile and not eager.optimizer.muon_compile and eager.train.resolution_schedule  # fast's
+    assert warm_up_key(plan["fast32-130"], False) == warm_up_key(plan["fast-120"], False)  # one eager warm-up

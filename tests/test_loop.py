@@ -15,7 +15,13 @@ from resnet5m.training import Trainer, build_config
 from resnet5m.training.config import OptimizerConfig
 from resnet5m.training.loop import StepParts, train_step
 from resnet5m.training.losses import make_loss
-from resnet5m.training.optim import Muon, _zeropower_batched, _zeropower_newton_schulz, build_optimizers
+from resnet5m.training.optim import (
+    Muon,
+    _zeropower_batched,
+    _zeropower_newton_schulz,
+    build_optimizers,
+    muon_directions,
+)
 
 SMALL = {
     "model": {"blocks": [1, 1], "channels": [16, 32]},
@@ -154,6 +160,18 @@ def test_torch_compile_on_cpu(cifar, tmp_path):
     assert compiled["val_acc"] == pytest.approx(eager["val_acc"], abs=0.02)
 
 
+def test_compiled_muon_step_trains_as_the_eager_one(cifar, tmp_path):
+    muon = dict(optimizer__name="muon", optimizer__muon_batched=True, train__epochs=1)
+    cfg, run = small(tmp_path, "muon-compiled", optimizer__muon_compile=True, **muon)
+    t = fit(cfg, cifar, run)
+    assert t.optimizers[-1].directions is not muon_directions  # the compiled wrapper
+    eager_cfg, eager_run = small(tmp_path, "muon-eager", **muon)
+    fit(eager_cfg, cifar, eager_run)
+    compiled, eager = rundir.read_metrics(run)[0], rundir.read_metrics(eager_run)[0]
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
+    assert compiled["val_acc"] == pytest.approx(eager["val_acc"], abs=0.02)
+
+
 def test_lookahead_trains_from_the_average(cifar, tmp_path):
     cfg, run = small(tmp_path, train__ema={"decay": 0.8, "every_n_steps": 2, "lookahead": True})
     t = fit(cfg, cifar, run)
@@ -199,8 +217,8 @@ def _muon_per_tensor_reference(params, grads_per_step, lr=0.24, momentum=0.6):
             p.add_(_zeropower_newton_schulz(u.reshape(len(u), -1).float()).view_as(p), alpha=-lr)
 
 
-@pytest.mark.parametrize("batched", [False, True])
-def test_muon_step_matches_the_per_tensor_loop(batched):
+@pytest.mark.parametrize("batched,compiled", [(False, False), (True, False), (True, True)])
+def test_muon_step_matches_the_per_tensor_loop(batched, compiled):
     torch.manual_seed(0)
     shapes = [(16, 8, 3, 3), (8, 16, 3, 3), (32, 32, 3, 3), (32, 8, 1, 1), (4, 64, 1, 1)]  # wide, tall, 1x1
     init = [torch.randn(s) for s in shapes]
@@ -209,13 +227,18 @@ def test_muon_step_matches_the_per_tensor_loop(batched):
     with torch.no_grad():
         _muon_per_tensor_reference(ref, grads)
     params = [torch.nn.Parameter(w.clone()) for w in init]
-    opt = Muon(params, lr=0.24, momentum=0.6, batched=batched)
+    opt = Muon(params, lr=0.24, momentum=0.6, batched=batched, compiled=compiled)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for step in grads:
         for p, g in zip(params, step):
             p.grad = g.clone()
         opt.step()
     for p, r in zip(params, ref):
         assert torch.allclose(p, r, atol=1e-5, rtol=1e-5), (p - r).abs().max()
+    if compiled:  # one graph, compiled once: no graph break, and a scheduled lr does not recompile
+        opt.param_groups[0]["lr"] = 0.1
+        opt.step()
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 1
     if not batched:  # the CPU default: the same kernels as before, so the same bits
         assert all(torch.equal(p, r) for p, r in zip(params, ref))
 

@@ -49,6 +49,8 @@ class OptimizerConfig(StrictModel):
     muon_momentum: float = Field(0.6, ge=0, lt=1)
     muon_batched: bool | None = Field(None, description="Muon: one batched Newton-Schulz iteration for all filter "
                                                        "banks (default: on a GPU); the same update up to rounding")
+    muon_compile: bool = Field(False, description="Muon: torch.compile its step (fused kernels; a runtime lever "
+                                                  "for GPUs, the same update up to rounding)")
     head_lr_scale: float = Field(1.0, gt=0, le=1000, description="lr multiplier for the classifier weights")
 
     @field_validator("betas")

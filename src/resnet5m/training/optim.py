@@ -62,17 +62,36 @@ def _zeropower_batched(mats: list[torch.Tensor], steps: int = 3, eps: float = 1e
     return [o.T if t else o for o, t in zip(out, tall)]
 
 
+def muon_directions(ps: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], momentum: float,
+                    nesterov: bool, batched: bool) -> list[torch.Tensor]:
+    """Muon's step before its lr: momentum (in ``bufs``), each filter bank rescaled in place to norm
+    sqrt(out channels), and the orthogonalised (Nesterov) momentum of each, shaped as its parameter."""
+    torch._foreach_mul_(bufs, momentum)
+    torch._foreach_add_(bufs, grads)
+    gs = torch._foreach_add(grads, bufs, alpha=momentum) if nesterov else bufs
+    scale = torch._foreach_reciprocal(torch._foreach_norm(ps))  # keep each layer's weight norm fixed
+    torch._foreach_mul_(scale, [len(p) ** 0.5 for p in ps])
+    torch._foreach_mul_(ps, scale)
+    mats = [g.reshape(len(g), -1).float() for g in gs]
+    updates = _zeropower_batched(mats) if batched else [_zeropower_newton_schulz(m) for m in mats]
+    return [u.reshape(p.shape).to(p.dtype) for u, p in zip(updates, ps)]
+
+
 class Muon(torch.optim.Optimizer):
     """Momentum, then an orthogonalised update per filter bank; weights are kept at fixed norm.
 
     One step is a handful of ``_foreach`` ops and, with ``batched`` (default: on a GPU), one batched
     Newton-Schulz iteration for all filter banks; on a CPU the per-matrix iteration avoids the padding's
-    extra arithmetic. Both give the same update up to rounding."""
+    extra arithmetic. Both give the same update up to rounding. ``compiled`` runs :func:`muon_directions`
+    under ``torch.compile`` (fused kernels instead of a launch per small op: on a GPU the eager step
+    leaves the device idle, BENCHMARKS.md section 5); the lr is applied outside it, so a scheduled lr
+    does not recompile."""
 
     def __init__(self, params, lr: float = 0.24, momentum: float = 0.6, nesterov: bool = True,
-                 batched: bool | None = None) -> None:
+                 batched: bool | None = None, compiled: bool = False) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov))
         self.batched = batched
+        self.directions = torch.compile(muon_directions, dynamic=False) if compiled else muon_directions
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch signature
@@ -84,17 +103,9 @@ class Muon(torch.optim.Optimizer):
                 if "momentum_buffer" not in self.state[p]:
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
             grads, bufs = [p.grad for p in ps], [self.state[p]["momentum_buffer"] for p in ps]
-            torch._foreach_mul_(bufs, group["momentum"])
-            torch._foreach_add_(bufs, grads)
-            gs = torch._foreach_add(grads, bufs, alpha=group["momentum"]) if group["nesterov"] else bufs
-            scale = torch._foreach_reciprocal(torch._foreach_norm(ps))  # keep each layer's weight norm fixed
-            torch._foreach_mul_(scale, [len(p) ** 0.5 for p in ps])
-            torch._foreach_mul_(ps, scale)
-            mats = [g.reshape(len(g), -1).float() for g in gs]
             batched = self.batched if self.batched is not None else ps[0].is_cuda
-            updates = _zeropower_batched(mats) if batched else [_zeropower_newton_schulz(m) for m in mats]
-            torch._foreach_add_(ps, [u.reshape(p.shape).to(p.dtype) for u, p in zip(updates, ps)],
-                                alpha=-group["lr"])
+            updates = self.directions(ps, grads, bufs, group["momentum"], group["nesterov"], batched)
+            torch._foreach_add_(ps, updates, alpha=-group["lr"])
 
 
 def param_groups(named_params: Iterable[tuple[str, torch.Tensor]], head_ids: set[int], cfg: OptimizerConfig,
@@ -137,7 +148,8 @@ def build_optimizers(model: nn.Module, cfg: OptimizerConfig, batch_size: int) ->
         opts: list[torch.optim.Optimizer] = [
             torch.optim.SGD(param_groups(rest, head_ids, cfg, lr, wd), lr=lr, momentum=cfg.momentum, nesterov=True)]
         if filters:
-            opts.append(Muon(filters, lr=cfg.muon_lr, momentum=cfg.muon_momentum, batched=cfg.muon_batched))
+            opts.append(Muon(filters, lr=cfg.muon_lr, momentum=cfg.muon_momentum, batched=cfg.muon_batched,
+                             compiled=cfg.muon_compile))
         return opts
     groups = param_groups(named, head_ids, cfg, lr, wd)
     if cfg.name == "sgd":
