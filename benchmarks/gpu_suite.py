@@ -9,23 +9,26 @@ its full published length; then one table of "reported by the study" against "me
     python benchmarks/gpu_suite.py run --plan max-length     # 2026-11-26: max at 70 epochs (validation check
                                                              # first), then fast under torch.compile
     python benchmarks/gpu_suite.py run --plan max-80         # 2026-11-26 evening: max at 80 epochs
-    python benchmarks/gpu_suite.py run --plan ladder-2       # next: the rungs with batched Muon (+ A/B),
-                                                             # and G (`fast` at 32 px throughout), then G
-                                                             # with its whole step compiled (x2)
+    python benchmarks/gpu_suite.py run --plan ladder-2       # 2026-12-07: unrun, superseded by ladder-3
+    python benchmarks/gpu_suite.py run --plan ladder-3       # next: the rungs with batched Muon (+ A/B), G
+                                                             # (`fast` at 32 px throughout), G / G2k (batch
+                                                             # 2,000) validation pairs, a rule fixed in
+                                                             # advance, then the adopted form, compiled too
 
-On the device machine (see the project guide): run ``../shared/tools/split-cifar10-for-device`` here,
-then three calls back to back carrying ``.devdata/p1``, ``.devdata/p2``, ``.devdata/p3``; the third
-assembles ``.devdata/cifar10.npz`` from the chunks (this script does it too, checking the SHA-256) and
-runs ``python benchmarks/gpu_suite.py run --data .devdata/cifar10.npz --out .devdata/gpu-out --device cuda``.
-Run directories live in ``--work`` (default ``.devdata/gpu-runs``, kept on a warm machine between
-calls); each finished step writes one small JSON into ``--out`` and appends it to ``--out``/steps.jsonl;
-the device tool returns at most 8 files, so copy ``steps.jsonl`` (and a tarball of the runs' metrics)
-to ``$OUT``. A run cut by the budget is checkpointed and resumed by the next call on the same machine.
-On CUDA one untimed warm-up run comes first; ``--compile`` is off unless asked for (its compile time
-would count as training time). The 2026-11-26 H200 results: ``benchmarks/results/gpu/2026-11-26-h200/``.
+On the device machine (see the project guide): ``bash benchmarks/gpu_prep.sh`` here (the wheels the device
+image lacks into ``.whl/``, the dataset in three chunks into ``.devdata/p1..p3``), then three calls back to
+back carrying ``.devdata/p1``, ``.devdata/p2``, then ``.devdata/p3`` and ``.whl``; the third runs
+``PLAN=ladder-3 bash benchmarks/gpu_run.sh``, which assembles ``.devdata/cifar10.npz`` from the chunks
+(``assemble_data``, checking the SHA-256), runs this script until its budget and copies the results to
+``$OUT``; further calls on the warm machine resume. Results live in ``--out`` (``.devdata/gpu-out`` there:
+the device tool empties ``$OUT`` before each call, so ``--out`` must not be under it), run directories in
+``--work`` (``.devdata/gpu-runs``); each finished step writes one small JSON into ``--out`` and appends it
+to ``--out``/steps.jsonl. A run cut by the budget is checkpointed and resumed by the next call on the same
+machine. On CUDA one untimed warm-up run comes first; ``--compile`` is off unless asked for (its compile
+time would count as training time). The 2026-11-26 H200 results: ``benchmarks/results/gpu/2026-11-26-h200/``.
 
-Seeds 100+ are fresh: no tuning run used them. Every recipe is run exactly as shipped, except the
-``--tiny`` setting (a few hundred images, a fraction of an epoch), which only exercises the logic.
+Seeds 100+ are fresh: no tuning run used them. Every recipe is run as shipped, except a step's recorded
+overrides and the ``--tiny`` setting (a few hundred images, a fraction of an epoch: it only exercises the logic).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class Step:
     val: bool = False  # a tuning run: trains on 45,000 images, scored on the validation split, test set unused
     compile: bool = False  # torch.compile this run (a runtime lever; the recipe is unchanged)
     compile_optimizer: bool = False  # also torch.compile Muon's step (optimizer.muon_compile; a runtime lever)
+    only_if: str = ""  # run only if the plan's validation rule (RUNG1_RULE) adopted this form ("G" or "G2k")
 
 
 MAX40 = ("train.epochs=40", "train.resolution_schedule=[{until_epoch: 10, size: 16}, {until_epoch: 22, size: 24}]")
@@ -121,7 +125,8 @@ FAST_32PX = ("train.resolution_schedule=[]",)
 
 
 def ladder_2_steps(tiny: bool) -> list[Step]:
-    """For the next GPU session (planned 2026-11-26, session 6; G added 2026-12-07; unrun): every rung again
+    """Planned 2026-11-26 (session 6; G added 2026-12-07) for the next GPU session; unrun, superseded by
+    ladder-3 on 2026-12-07 (session 12), kept as it was documented: every rung again
     on fresh seeds with Muon's batched Newton-Schulz (on by default on CUDA since commit 5165e15, never
     timed on a GPU). In order of what the issue needs most: the first two `fast` seeds each followed by
     the same seed with ``optimizer.muon_batched=false`` (the step-time A/B, interleaved); G, rung 1's GPU
@@ -138,13 +143,78 @@ def ladder_2_steps(tiny: bool) -> list[Step]:
         out += [Step(f"{rung}-{s}", rung, s, rung, target) for s in range(120, 121 if tiny else 123)]
     out += [Step(f"fast-{s}", "fast", s, "fast-batched-muon", ">= 94.0% mean in <= 2.5 s")
             for s in range(122, 122 if tiny else 130)]
-    # added 2026-12-07 (session 12), last so it cannot take time from the runs above: G with the whole step
-    # compiled (the model's forward/backward and Muon's step, `optimizer.muon_compile`), the lever the
-    # 2026-11-26 profile points to; fresh seeds 143-144 (140-142 tested G on the CPU). A runtime change
-    # only: compared with G's eager time on the same card, after its own untimed compiled warm-up.
-    out += [Step(f"fast32-compiled-{s}", "fast", s, "fast-32px-G-compiled-step", ">= 94.0% mean in <= 2.5 s",
-                 overrides=FAST_32PX, compile=True, compile_optimizer=True) for s in range(143, 144 if tiny else 145)]
     return out
+
+
+# G2k: G at batch 2,000 (lrs and weight decay per 1,024 examples, as in every recipe here: only the number of
+# steps halves). On the GPUs a step of `fast` waits on host work (kernel launches), not on arithmetic (section
+# 5's profile: the GPU is busy ~40% of a step), so half the steps should take well under the time; its
+# accuracy is the open question (on this CPU, with the 16/24/32 px schedule: -0.33 points, SE 0.35, 2 pairs).
+G2K_STEPS_SPLITS = range(6)
+
+
+def b2k(tiny: bool) -> tuple[str, ...]:
+    return (f"train.batch_size={200 if tiny else 2000}",)  # tiny: twice the tiny batch of 100
+
+
+def ladder_3_steps(tiny: bool) -> list[Step]:
+    """For the next GPU session (planned 2026-12-07, session 12, before any of its runs; supersedes the unrun
+    ladder-2, whose runs it keeps but fast's eight further seeds, and whose max runs it moves last). In order:
+    the Muon A/B on `fast` (seeds 120-121, interleaved); G, rung 1's GPU form, on fresh seeds 130-139; six
+    validation pairs G / G2k (split k with tuning seed k, k = 0-5; trained on 45,000 images, scored on the
+    split's 5,000, test set unused); then RUNG1_RULE decides rung 1's GPU form, and G2k, if adopted, runs on
+    fresh seeds 150-159 (tested once each); `strong` (24 epochs) on seeds 120-122; the adopted form with its
+    whole step compiled (model and Muon) on fresh seeds 143-144 (a runtime change; tiny: not compiled, as
+    inductor on a CPU takes minutes); last, `max` on seeds 120-122."""
+    ab = (120,) if tiny else (120, 121)
+    target = ">= 94.0% mean in <= 2.5 s"
+    out: list[Step] = []
+    for s in ab:
+        out += [Step(f"fast-{s}", "fast", s, "fast-batched-muon", target),
+                Step(f"fast-unbatched-{s}", "fast", s, "fast-per-tensor-muon",
+                     overrides=("optimizer.muon_batched=false",))]
+    out += [Step(f"fast32-{s}", "fast", s, "fast-32px-G", target, overrides=FAST_32PX)
+            for s in range(130, 131 if tiny else 140)]
+    val = (f"data.val_size={100 if tiny else 5000}",)
+    for k in (G2K_STEPS_SPLITS[:2] if tiny else G2K_STEPS_SPLITS):
+        split = (*val, f"data.split_seed={k}")
+        out += [Step(f"g-val-{k}", "fast", k, "G-val", overrides=FAST_32PX + split, val=True),
+                Step(f"g2k-val-{k}", "fast", k, "G2k-val", overrides=FAST_32PX + b2k(tiny) + split, val=True)]
+    out += [Step(f"g2k-{s}", "fast", s, "fast-32px-b2000-G2k", target, overrides=FAST_32PX + b2k(tiny), only_if="G2k")
+            for s in range(150, 151 if tiny else 160)]
+    out += [Step(f"strong-{s}", "strong", s, "strong", ">= 95.0% in <= 8 s") for s in range(120, 121 if tiny else 123)]
+    for form, extra in (("G", ()), ("G2k", b2k(tiny))):
+        out += [Step(f"{form.lower()}-compiled-{s}", "fast", s, f"fast-32px-{form}-compiled-step", target,
+                     overrides=FAST_32PX + extra, compile=not tiny, compile_optimizer=not tiny, only_if=form)
+                for s in ((143,) if tiny else (143, 144))]
+    out += [Step(f"max-{s}", "max", s, "max", ">= 96.0% mean in <= 60 s") for s in range(120, 121 if tiny else 123)]
+    return out
+
+
+RUNG1_RULE = ("G2k becomes rung 1's GPU form if its last-epoch validation accuracy (without TTA), averaged "
+              "over the six same-card pairs (split k, tuning seed k), is at most 0.10 points below G's (mean of "
+              "G2k - G >= -0.10 points); else G stays. Fixed 2026-12-07 before any run of the plan.")
+
+
+def decide_rung1(out: Path, tiny: bool) -> dict[str, Any] | None:
+    """RUNG1_RULE applied to the validation pairs in ``out`` (None while a pair is missing); the decision is
+    written to ``out``/rung1-decision.json the first time it is made."""
+    splits = G2K_STEPS_SPLITS[:2] if tiny else G2K_STEPS_SPLITS
+    docs = [[out / f"{form}-val-{k}.json" for form in ("g", "g2k")] for k in splits]
+    if not all(p.exists() for pair in docs for p in pair):
+        return None
+    pairs = [[json.loads(p.read_text())["results"]["last_val_acc"] for p in pair] for pair in docs]
+    diffs = [(b - a) * 100 for a, b in pairs]
+    m, s, n = mean_std(diffs)
+    decision = {"rule": RUNG1_RULE, "pairs_val_acc": {"G": [a for a, _ in pairs], "G2k": [b for _, b in pairs]},
+                "diff_points_mean": m, "diff_points_std": s, "diff_points_se": std_error(s, n), "n": n,
+                "adopted": "G2k" if m >= -0.10 else "G", "tiny": tiny}
+    path = out / "rung1-decision.json"
+    if not path.exists():
+        write_json(path, decision)
+        with open(out / "steps.jsonl", "a") as f:
+            f.write(json.dumps({"step": "rung1-decision", **decision}) + "\n")
+    return decision
 
 
 def ladder_steps(tiny: bool) -> list[Step]:
@@ -248,6 +318,17 @@ def cmd_run(args: argparse.Namespace) -> None:
     for step in steps(args.tiny, args.plan):
         if result_path(args.out, step).exists():
             continue
+        if step.only_if:
+            decision = decide_rung1(args.out, args.tiny)
+            if decision is None:
+                print(f"{step.name}: not run yet: it waits for the validation pairs that decide rung 1's form")
+                continue
+            if decision["adopted"] != step.only_if:
+                write_json(result_path(args.out, step), {"step": step.name, "skipped": True,
+                                                         "why": f"rung 1's GPU form is {decision['adopted']}"})
+                print(f"{step.name}: skipped (rung 1's GPU form is {decision['adopted']}: "
+                      f"G2k - G = {decision['diff_points_mean']:+.2f} points on validation)")
+                continue
         left = deadline - time.time()
         if left < 5:
             print(f"budget spent; the next call continues at {step.name}")
@@ -306,9 +387,11 @@ def warm_up(args: argparse.Namespace, data, recipe: str, compile: bool, compile_
 
 def cmd_plan(args: argparse.Namespace) -> None:
     for step in steps(args.tiny, args.plan):
-        done = result_path(args.out, step).exists()
+        path = result_path(args.out, step)
         run = args.work / step.name
-        state = "done" if done else ("in progress" if rundir.status(run) == "resume" else "to do")
+        state = "in progress" if rundir.status(run) == "resume" else "to do"
+        if path.exists():
+            state = "skipped (form not adopted)" if json.loads(path.read_text()).get("skipped") else "done"
         print(f"{step.name:<24} {step.recipe:<34} seed {step.seed}  {state}")
 
 
@@ -317,8 +400,9 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
     groups: dict[str, list[dict]] = {}
     for step in steps(args.tiny, args.plan):
         path = result_path(args.out, step)
-        if path.exists():
-            groups.setdefault(step.group, []).append(json.loads(path.read_text()))
+        doc = json.loads(path.read_text()) if path.exists() else {"skipped": True}
+        if not doc.get("skipped"):  # a conditional step whose form was not adopted has no result
+            groups.setdefault(step.group, []).append(doc)
     for group, docs in groups.items():
         val = docs[0].get("validation", False)  # a tuning row: last-epoch validation accuracy, test set unused
         accs = [d["results"]["last_val_acc" if val else "test_acc"] for d in docs]
@@ -344,7 +428,8 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-PLANS = {"ladder": ladder_steps, "max-length": max_length_steps, "max-80": max_80_steps, "ladder-2": ladder_2_steps}
+PLANS = {"ladder": ladder_steps, "max-length": max_length_steps, "max-80": max_80_steps, "ladder-2": ladder_2_steps,
+         "ladder-3": ladder_3_steps}
 
 
 def main() -> None:
@@ -354,7 +439,9 @@ def main() -> None:
                    help="ladder: every rung and reference as shipped; max-length: the 2026-11-26 70-epoch max; "
                         "max-80: the 80-epoch max (2026-11-26, evening); ladder-2: the rungs again with batched "
                         "Muon (a batched/per-tensor A/B on fast, G = fast at 32 px throughout x10, strong x3, max x3, "
-                        "then fast's other 8 seeds, then G with its whole step compiled x2)")
+                        "then fast's other 8 seeds; unrun, superseded by ladder-3); "
+                        "ladder-3: the next GPU session's plan (ladder_3_steps: adds six G / G2k = batch 2,000 "
+                        "validation pairs and a rule fixed in advance for rung 1's GPU form)")
     p.add_argument("--tiny", action="store_true", help="a few hundred images, a fraction of an epoch (tests)")
     p.add_argument("--budget-s", type=float, default=540, help="stop starting/continuing runs after this")
     p.add_argument("--work", type=Path, default=ROOT / ".devdata" / "gpu-runs")

@@ -105,19 +105,18 @@ def test_gpu_suite_ladder_2_interleaves_the_muon_ab_and_uses_fresh_seeds():
     assert all(s.recipe == "fast" and s.overrides == ("train.resolution_schedule=[]",) for s in g)
     seeds = [(s.recipe, s.seed) for s in plan if "unbatched" not in s.name]
     assert len(seeds) == len(set(seeds))  # fast and G never share a seed; only the A/B repeats one, by design
-    compiled = [s for s in plan if s.compile or s.compile_optimizer]  # last: it cannot take the others' time
-    assert plan[-2:] == compiled and [s.seed for s in compiled] == [143, 144]  # 140-142: G's CPU test seeds
-    assert all(s.compile and s.compile_optimizer and s.overrides == g[0].overrides for s in compiled)
 
 
-def test_gpu_suite_compiles_muon_only_where_a_step_asks(tmp_path):
+def test_gpu_suite_compiles_muon_only_where_a_step_asks():
     sys.path.insert(0, str(BENCH))
     from gpu_suite import config_of, steps
 
-    plan = steps(tiny=True, plan="ladder-2")
-    cfgs = {s.name: config_of(s, True, "cpu", s.compile, s.overrides) for s in plan}
-    assert cfgs["fast32-compiled-143"].optimizer.muon_compile and cfgs["fast32-compiled-143"].compile
+    plan = steps(tiny=False, plan="ladder-3")
+    cfgs = {s.name: config_of(s, False, "cpu", s.compile, s.overrides) for s in plan}
+    for name in ("g-compiled-143", "g2k-compiled-144"):
+        assert cfgs[name].optimizer.muon_compile and cfgs[name].compile
     assert not any(c.optimizer.muon_compile or c.compile for n, c in cfgs.items() if "compiled" not in n)
+    assert cfgs["g2k-compiled-144"].train.batch_size == cfgs["g2k-150"].train.batch_size == 2000
 
 
 def test_gpu_suite_warms_up_a_compiled_step_as_it_will_run(tmp_path, monkeypatch):
@@ -129,11 +128,76 @@ def test_gpu_suite_warms_up_a_compiled_step_as_it_will_run(tmp_path, monkeypatch
 
     seen = []
     monkeypatch.setattr(run_module, "train_run", lambda cfg, *a, **k: seen.append(cfg))
-    plan = {s.name: s for s in steps(tiny=True, plan="ladder-2")}
+    plan = {s.name: s for s in steps(tiny=False, plan="ladder-3")}
     args = argparse.Namespace(work=tmp_path, device="cpu")
-    assert warm_up(args, None, *warm_up_key(plan["fast32-compiled-143"], False), budget_s=1)
+    assert warm_up(args, None, *warm_up_key(plan["g2k-compiled-143"], False), budget_s=1)
     assert warm_up(args, None, *warm_up_key(plan["fast32-130"], False), budget_s=1)
     compiled, eager = seen
     assert compiled.compile and compiled.optimizer.muon_compile and compiled.train.resolution_schedule == []
+    assert compiled.train.batch_size == 2000 and compiled.data.train_subset == 3000  # G2k's shapes, few images
     assert not eager.compile and not eager.optimizer.muon_compile and eager.train.resolution_schedule  # fast's
     assert warm_up_key(plan["fast32-130"], False) == warm_up_key(plan["fast-120"], False)  # one eager warm-up
+
+
+def test_gpu_suite_ladder_3_plan_validates_before_it_adopts(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    from gpu_suite import steps
+
+    plan = steps(tiny=False, plan="ladder-3")
+    names = [s.name for s in plan]
+    assert names[:4] == ["fast-120", "fast-unbatched-120", "fast-121", "fast-unbatched-121"]
+    assert [s.seed for s in plan if s.group == "fast-32px-G"] == list(range(130, 140))
+    val = [s for s in plan if s.val]  # interleaved pairs G, G2k on split k with tuning seed k; test set unused
+    assert [(s.name, s.seed) for s in val] == [(f"{f}-val-{k}", k) for k in range(6) for f in ("g", "g2k")]
+    assert all(f"data.split_seed={s.seed}" in s.overrides and "data.val_size=5000" in s.overrides for s in val)
+    conditional = [s for s in plan if s.only_if]
+    assert all(names.index(s.name) > names.index("g2k-val-5") for s in conditional)  # decided before they run
+    assert {s.only_if for s in conditional} == {"G", "G2k"} and [s.seed for s in plan if s.group ==
+                                                               "fast-32px-b2000-G2k"] == list(range(150, 160))
+    assert all(s.compile and s.compile_optimizer for s in conditional if "compiled" in s.name)
+    assert names[-3:] == ["max-120", "max-121", "max-122"]  # last: the longest runs, the least needed
+    final = [(s.recipe, s.seed) for s in plan if not s.val and "unbatched" not in s.name and s.only_if != "G2k"]
+    assert len(final) == len(set(final)) and min(seed for _, seed in final) >= 120  # fresh, never repeated
+
+
+def _val_result(out, name, acc):
+    (out / f"{name}.json").write_text(json.dumps({"results": {"last_val_acc": acc}}))
+
+
+@pytest.mark.parametrize("g2k_minus_g,adopted", [(-0.0009, "G2k"), (-0.0011, "G"), (0.002, "G2k")])
+def test_gpu_suite_rung1_rule(tmp_path, g2k_minus_g, adopted):
+    sys.path.insert(0, str(BENCH))
+    from gpu_suite import decide_rung1
+
+    for k in range(6):
+        _val_result(tmp_path, f"g-val-{k}", 0.93 + k / 1000)
+        if k < 5:
+            _val_result(tmp_path, f"g2k-val-{k}", 0.93 + k / 1000 + g2k_minus_g)
+    assert decide_rung1(tmp_path, tiny=False) is None  # a pair is missing: no decision yet
+    _val_result(tmp_path, "g2k-val-5", 0.935 + g2k_minus_g)
+    d = decide_rung1(tmp_path, tiny=False)
+    assert d["adopted"] == adopted and d["n"] == 6 and d["diff_points_mean"] == pytest.approx(g2k_minus_g * 100)
+    assert json.loads((tmp_path / "rung1-decision.json").read_text())["adopted"] == adopted
+
+
+def test_gpu_suite_ladder_3_runs_tiny_and_runs_only_the_adopted_form(tmp_path, data_env):
+    common = ["--tiny", "--plan", "ladder-3", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+              "--data", str(data_env)]
+    log = bench("gpu_suite.py", "run", *common).stdout
+    assert "all steps done" in log, log
+    out = tmp_path / "out"
+    decision = json.loads((out / "rung1-decision.json").read_text())
+    adopted, other = decision["adopted"], {"G": "G2k", "G2k": "G"}[decision["adopted"]]
+    assert decision["n"] == 2 and "rung1-decision" in (out / "steps.jsonl").read_text()
+    ran = json.loads((out / f"{adopted.lower()}-compiled-143.json").read_text())
+    assert ran["results"]["test_acc"] > 0 and not ran["validation"]
+    assert json.loads((out / f"{other.lower()}-compiled-143.json").read_text())["skipped"]
+    assert (adopted == "G2k") == ("skipped" not in json.loads((out / "g2k-150.json").read_text()))
+    val = json.loads((out / "g2k-val-1.json").read_text())
+    assert val["validation"] and val["results"]["test_acc"] is None and "train.batch_size=200" in val["overrides"]
+    plan = bench("gpu_suite.py", "plan", *common).stdout
+    assert "to do" not in plan and plan.count("skipped (form not adopted)") == 1 + (adopted == "G")
+    bench("gpu_suite.py", "table", *common)
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert f"fast-32px-{other}-compiled-step" not in rows and rows[f"fast-32px-{adopted}-compiled-step"]["n"] == 1
+    assert rows["G2k-val"]["scored_on"] == "validation" and rows["G2k-val"]["n"] == 2
