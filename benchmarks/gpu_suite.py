@@ -136,7 +136,8 @@ def ladder_2_steps(tiny: bool) -> list[Step]:
     out: list[Step] = []
     for s in ab:
         out += [Step(f"fast-{s}", "fast", s, "fast-batched-muon", ">= 94.0% mean in <= 2.5 s"),
-                Step(f"fast-unbatched-{s}", "fast", s, "fast-per-tensor-muon", overrides=("optimizer.muon_batched=false",))]
+                Step(f"fast-unbatched-{s}", "fast", s, "fast-per-tensor-muon",
+                     overrides=("optimizer.muon_batched=false",))]
     out += [Step(f"fast32-{s}", "fast", s, "fast-32px-G", ">= 94.0% mean in <= 2.5 s", overrides=FAST_32PX)
             for s in range(130, 131 if tiny else 140)]
     for rung, target in (("strong", ">= 95.0% in <= 8 s"), ("max", ">= 96.0% mean in <= 60 s")):
@@ -314,7 +315,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     gpu = resolve_device(args.device).type == "cuda" and not args.tiny
     warmed: set[tuple[str, bool, bool, tuple[str, ...]]] = set()
     if gpu and not any(s.recipe in RUNGS for s in steps(args.tiny, args.plan)):
-        warm_up(args, data, "fast", args.compile, budget_s=args.budget_s)  # CUDA's start-up stays out of the first timed run
+        # CUDA's start-up stays out of the first timed run
+        warm_up(args, data, "fast", args.compile, budget_s=args.budget_s)
     for step in steps(args.tiny, args.plan):
         if result_path(args.out, step).exists():
             continue
@@ -413,7 +415,8 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
         rep = " / ".join(f"{a * 100:.2f}" for a in reported["test_acc"]) if reported else "-"
         gpu = docs[0]["machine"].get("gpu") or docs[0]["machine"]["cpu"]
         entry = {"recipe": docs[0]["recipe"], "n": n, "scored_on": "validation" if val else "test",
-                 "acc_mean": m, "acc_std": s, "acc_se": std_error(s, n), "train_s_mean": t, "reported_test_acc": reported,
+                 "acc_mean": m, "acc_std": s, "acc_se": std_error(s, n), "train_s_mean": t,
+                 "reported_test_acc": reported,
                  "target": docs[0]["target"], "machine": gpu, "tiny": args.tiny, "validation": val,
                  "compile": docs[0].get("compile", False), "compile_optimizer": docs[0].get("compile_optimizer", False)}
         out[group] = entry

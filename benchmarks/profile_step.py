@@ -77,7 +77,8 @@ def main() -> None:
                  if e.device_type == DeviceType.CUDA and not e.is_user_annotation)
     lines = [f"recipe {args.recipe}, {args.images} synthetic images x {args.epochs:g} epochs at 32 px; "
              f"machine {machine(device)}",
-             f"warm-up run {warm:.2f}s; run without profiler {plain:.2f}s; profiled run {wall:.2f}s (wall, incl. set-up)"]
+             f"warm-up run {warm:.2f}s; run without profiler {plain:.2f}s; "
+             f"profiled run {wall:.2f}s (wall, incl. set-up)"]
     if device.type == "cuda":
         lines.append(f"summed device-kernel time {dev_us / 1e6:.2f}s = {dev_us / 1e6 / plain * 100:.0f}% of the "
                      f"unprofiled wall time (the GPU is idle for the rest: host-bound share; set-up included)")

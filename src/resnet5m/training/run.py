@@ -114,7 +114,8 @@ def _train_run(cfg: RunConfig, data: Cifar10, run_dir: Path, out: Printer, progr
     if d.is_main:
         rundir.write_results(run_dir, results)
     if not test:
-        val = f"best val acc {results['best_val_acc']:.4f}" if results["best_val_acc"] is not None else "no validation split"
+        best = results["best_val_acc"]
+        val = f"best val acc {best:.4f}" if best is not None else "no validation split"
         out(f"done: {val} (epoch {results['selected_epoch']}); test set not used")
         return results
     tta = f" (TTA {results['tta']}; {results['test_acc_no_tta']:.4f} without)" if results["tta"] != "none" else ""
