@@ -231,13 +231,17 @@ def ladder_steps(tiny: bool) -> list[Step]:
     return out
 
 
+def runtime_overrides(compile: bool, compile_optimizer: bool) -> list[str]:
+    """The runtime levers as config overrides (the recipe is unchanged): the model, and Muon's step."""
+    return (["compile=true"] if compile else []) + (["optimizer.muon_compile=true"] if compile_optimizer else [])
+
+
 def config_of(step: Step, tiny: bool, device: str, compile: bool = False, extra: tuple[str, ...] = ()):
     """The step's run config; ``compile`` (and the step's ``compile_optimizer``) are runtime settings (the
     recipe itself is unchanged). Off by default: compile time would fall inside the first epoch's training
     time. ``extra`` overrides (``--set``) change the recipe: every result written records them."""
     overrides = [f"seed={step.seed}", f"device={device}"] + (TINY if tiny else [])
-    overrides += (["compile=true"] if compile else []) + list(extra)
-    overrides += ["optimizer.muon_compile=true"] if step.compile_optimizer else []
+    overrides += runtime_overrides(compile, step.compile_optimizer) + list(extra)
     if ":" in step.recipe:  # a study variant, resolved exactly as `resnet5m study` does
         from resnet5m.training.study import load_study, variant_configs
 
@@ -373,8 +377,7 @@ def warm_up(args: argparse.Namespace, data, recipe: str, compile: bool, compile_
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     cfg = build_config(resolve_recipe(recipe), ["seed=0", f"device={args.device}", "data.train_subset=3000",
-                                                *(["compile=true"] if compile else []),
-                                                *(["optimizer.muon_compile=true"] if compile_optimizer else []),
+                                                *runtime_overrides(compile, compile_optimizer),
                                                 *overrides])
     try:
         train_run(cfg, data, Path(tempfile.mkdtemp(prefix="warmup-", dir=args.work)), out=lambda s: None,
