@@ -222,17 +222,32 @@ def cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProces
                           env=env, timeout=300)
 
 
-def assert_one_line_error(r: subprocess.CompletedProcess, expected: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("resnet5m: error: ") and "Traceback" not in r.stderr, r.stderr
+def assert_one_line_error(code: int, stderr: str, expected: str) -> None:
+    assert code == 2, (code, stderr[-2000:])
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("resnet5m: error: ") and "Traceback" not in stderr, stderr
     assert expected in lines[0], lines[0]
 
 
+def main_in_process(capsys, *args: str) -> tuple[int, str]:
+    """``resnet5m ARGS`` in this process: the cases below would spend ~5 s each starting Python."""
+    from resnet5m.cli.main import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("change", "expected"), BAD_SPACES, ids=[e for _, e in BAD_SPACES])
-def test_bad_space_files_are_one_line_errors(tmp_path, data_env, change, expected):
+def test_bad_space_files_are_one_line_errors(tmp_path, capsys, data_env, change, expected):
     space = write_space(tmp_path / "bad.yaml", **change)
-    assert_one_line_error(cli("search", str(space), "--runs-dir", str(tmp_path / "runs")), expected)
+    assert_one_line_error(*main_in_process(capsys, "search", str(space), "--runs-dir", str(tmp_path / "runs")),
+                          expected)
+
+
+def test_bad_space_file_from_the_real_entry_point_is_one_line(tmp_path, data_env):
+    r = cli("search", str(write_space(tmp_path / "bad.yaml", colour="red")), "--runs-dir", str(tmp_path / "runs"))
+    assert_one_line_error(r.returncode, r.stderr, "colour: unknown key")
 
 
 @pytest.mark.parametrize(("url", "expected"), [
@@ -241,9 +256,10 @@ def test_bad_space_files_are_one_line_errors(tmp_path, data_env, change, expecte
     ("postgresql://nobody@127.0.0.1:1/nodb", "cannot open"),
     ("sqlite:////nonexistent-dir/x/study.db", "cannot open"),
 ])
-def test_bad_storage_urls_are_one_line_errors(tmp_path, data_env, url, expected):
+def test_bad_storage_urls_are_one_line_errors(tmp_path, capsys, data_env, url, expected):
     space = write_space(tmp_path / "ok.yaml")
-    assert_one_line_error(cli("search", str(space), "--storage", url, "--runs-dir", str(tmp_path / "runs")), expected)
+    assert_one_line_error(*main_in_process(capsys, "search", str(space), "--storage", url, "--runs-dir",
+                                           str(tmp_path / "runs")), expected)
 
 
 def test_changed_space_or_objectives_refused(tmp_path):

@@ -273,12 +273,25 @@ def test_seeds_report_mean_and_std(tmp_path, capsys, data_env):
     (["--set", "noequals"], "expected KEY=VALUE"),
     (["--config", "reddy2024", "--val-size", "0"], "plateau steps on the validation metric; it needs data.val_size"),
 ])
-def test_config_errors_are_caught_before_any_work(tmp_path, args, message, data_env):
-    p = cli("train", "--runs-dir", str(tmp_path), *args)
-    out, err = p.communicate(timeout=120)
-    assert p.returncode == 2, (out, err)
+def test_config_errors_are_caught_before_any_work(tmp_path, capsys, args, message, data_env):
+    """In process (one Python start-up per case would cost ~5 s each); the next test runs the real entry point."""
+    try:
+        code = main(["train", "--runs-dir", str(tmp_path), *args])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
     assert not any(tmp_path.iterdir())  # no run directory was created
+
+
+def test_config_error_from_the_real_entry_point_is_one_line(tmp_path, data_env):
+    p = cli("train", "--runs-dir", str(tmp_path), "--set", "optimizer.lr=-1")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2, (out, err)
+    assert err.startswith("resnet5m: error: ") and "optimizer.lr: Input should be greater than 0" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
 
 
 def test_run_rejected_by_the_data_leaves_no_directory(tmp_path, capsys, data_env):
