@@ -24,7 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import RESULTS, print_table, write_json
+from common import RESULTS, print_table, run_cli, write_json
+from resnet5m.errors import UserError
 
 HERE = Path(__file__).resolve().parent
 PROTOCOL = ["data.val_size=5000", "eval.tta=none"]
@@ -89,7 +90,7 @@ def main() -> None:
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
-        sys.exit(f"error: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if not args.table_only:
         for name in names:
             run_variant(name, [int(s) for s in args.seeds.split(",")], args.dir)
@@ -97,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +110,21 @@ def timed_steps(model: torch.nn.Module, opts: list, batches, steps: int, warmup:
             data_time += t1 - t0
             images += len(y)
     return {"images_per_s": images / total, "data_share": data_time / total, "images": images}
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    """Run a script's ``main()`` as the CLI does: an expected failure (a bad value, a missing file) is one line
+    on stderr naming it, exit 2, no traceback."""
+    from resnet5m.cli.main import one_line
+    from resnet5m.errors import UserError
+
+    name = Path(sys.argv[0]).name
+    try:
+        main()
+    except UserError as exc:
+        print(f"{name}: error: {one_line(str(exc))}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except OSError as exc:  # the file system said no (a missing input, a folder where a file should be)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{name}: error: {one_line(where + str(exc.strerror or exc))}", file=sys.stderr)
+        sys.exit(2)

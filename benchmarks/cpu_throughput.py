@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from common import RESULTS, machine, print_table, timed_steps, write_json
+from common import RESULTS, machine, print_table, run_cli, timed_steps, write_json
 from resnet5m.data import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, BatchLoader, build_augment, load_cifar10
 from resnet5m.models import build_model
 from resnet5m.runtime import resolve_device, tune_glibc_malloc
@@ -112,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, machine, print_table, write_json
+from common import RESULTS, machine, print_table, run_cli, write_json
 from resnet5m.io.rundir import read_metrics
 from resnet5m.models import build_model, count_parameters
 from resnet5m.training.config import build_config
@@ -88,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

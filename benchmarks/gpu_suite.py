@@ -47,7 +47,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, write_json  # noqa: E402
+from common import machine, run_cli, write_json  # noqa: E402
+from resnet5m.errors import UserError  # noqa: E402
 from resnet5m.io import rundir  # noqa: E402
 from resnet5m.runtime.device import resolve_device  # noqa: E402
 from resnet5m.training.checkpoint import TrainingInterrupted  # noqa: E402
@@ -265,7 +266,7 @@ def assemble_data(devdata: Path) -> Path | None:
         got = hashlib.sha256(target.read_bytes()).hexdigest()
         if got != expected.read_text().split()[0]:
             target.unlink()
-            raise SystemExit(f"error: {target}: SHA-256 {got} does not match {expected}; removed")
+            raise UserError(f"{target}: SHA-256 {got} does not match {expected}; removed")
     return target
 
 
@@ -464,4 +465,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

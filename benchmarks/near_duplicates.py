@@ -19,7 +19,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, write_json  # noqa: E402
+from common import machine, run_cli, write_json  # noqa: E402
 from resnet5m.data.sources import load_cifar10  # noqa: E402
 from resnet5m.data.split import stratified_split  # noqa: E402
 
@@ -68,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -27,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import machine  # noqa: E402
+from common import machine, run_cli  # noqa: E402
 from resnet5m.data.cifar10 import Cifar10  # noqa: E402
 from resnet5m.runtime.device import resolve_device  # noqa: E402
 from resnet5m.training.config import build_config  # noqa: E402
@@ -91,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

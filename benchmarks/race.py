@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
-from common import RESULTS, machine, measure_peak_flops, print_table, write_json
+from common import RESULTS, machine, measure_peak_flops, print_table, run_cli, write_json
 from resnet5m.cli.common import int_list
 from resnet5m.data import Cifar10, load_cifar10
+from resnet5m.errors import UserError
 from resnet5m.runtime import resolve_device, tune_glibc_malloc
 from resnet5m.training.config import build_config
 from resnet5m.training.recipes import resolve_recipe
@@ -113,7 +114,7 @@ def main() -> None:
     cfg_a, cfg_b = (build_config(resolve_recipe(r), args.overrides) for r in (args.a, args.b))
     for cfg in (cfg_a, cfg_b):
         if cfg.data.val_size:
-            raise SystemExit("error: the race trains on all 50,000 images: both recipes need data.val_size 0")
+            raise UserError("the race trains on all 50,000 images: both recipes need data.val_size 0")
     data = load_cifar10(cfg_a.data.path)
     if args.test_slice:
         n = args.test_slice
@@ -127,7 +128,7 @@ def main() -> None:
     if args.out.exists():
         old = json.loads(args.out.read_text())
         if recipe_of(old) != recipe_of(doc):
-            raise SystemExit(f"error: {args.out} holds a race of other configs; choose another --out")
+            raise UserError(f"{args.out} holds a race of other configs; choose another --out")
         doc["pairs"] = old["pairs"]
     done = {pair["seed"] for pair in doc["pairs"]}
     for seed in args.seeds:
@@ -150,4 +151,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

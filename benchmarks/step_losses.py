@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import machine, write_json
+from common import machine, run_cli, write_json
 from resnet5m.data import load_cifar10
 from resnet5m.runtime import tune_glibc_malloc
 from resnet5m.training.config import build_config
@@ -96,4 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -34,9 +34,10 @@ from typing import Any
 
 import torch
 
-from common import RESULTS, machine, measure_peak_flops, print_table, sync, write_json
+from common import RESULTS, machine, measure_peak_flops, print_table, run_cli, sync, write_json
 from resnet5m.cli.common import int_list
 from resnet5m.data import load_cifar10
+from resnet5m.errors import UserError
 from resnet5m.evaluation import final_evaluation, predict_logits
 from resnet5m.models import build_model
 from resnet5m.models.summary import mult_adds_per_image
@@ -145,11 +146,11 @@ def merge(paths: list[Path], out: Path) -> None:
     docs = [json.loads(p.read_text()) for p in paths]
     configs = {json.dumps(d["config"], sort_keys=True) for d in docs}
     if len(configs) != 1:
-        raise SystemExit("error: the files were made with different configs; not merging")
+        raise UserError("the files were made with different configs; not merging")
     results = [r for d in docs for r in d["results"]]
     seeds = [r["seed"] for r in results]
     if len(set(seeds)) != len(seeds):
-        raise SystemExit(f"error: a seed appears twice ({seeds}); not merging")
+        raise UserError(f"a seed appears twice ({seeds}); not merging")
     doc = {**docs[0], "results": results, "summary": summarize(results),
            "merged_from": [str(p) for p in paths], "overrides": [d["overrides"] for d in docs]}
     print(f"wrote {write_json(out, doc)}")
@@ -167,7 +168,7 @@ def main() -> None:
     args = p.parse_args()
     if args.merge:
         if not args.out:
-            raise SystemExit("error: --merge needs --out")
+            raise UserError("--merge needs --out")
         return merge(args.merge, args.out)
     tune_glibc_malloc()
     cfg = build_config(resolve_recipe(args.config), args.overrides)
@@ -181,7 +182,7 @@ def main() -> None:
     if out.exists():  # continue an interrupted benchmark of the same config
         old = json.loads(out.read_text())
         if old["config"] != doc["config"]:
-            raise SystemExit(f"error: {out} holds results of a different config; choose another --out")
+            raise UserError(f"{out} holds results of a different config; choose another --out")
         doc["results"] = old["results"]
     done = {r["seed"] for r in doc["results"]}
     doc["peak_flops"] = measure_peak_flops(device, dtype=torch.float32 if device.type == "cpu" else torch.bfloat16)
@@ -204,4 +205,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from common import RESULTS, machine, print_table, timed_steps, write_json
+from common import RESULTS, machine, print_table, run_cli, timed_steps, write_json
 from resnet5m.data import AugmentConfig, BatchLoader, build_augment, load_cifar10
 from resnet5m.models import PRESETS, build_model, count_parameters
 from resnet5m.models.summary import mult_adds_per_image
@@ -64,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -17,6 +18,44 @@ def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=BENCH)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
+
+
+def _two_results(tmp_path: Path) -> list[str]:
+    for name, lr in (("a", 0.1), ("b", 0.2)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"config": {"lr": lr}, "results": [{"seed": 0}]}))
+    return [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("time_to_accuracy.py", ["--set", "optimizer.lr=-1"], "optimizer.lr: Input should be greater than 0"),
+    ("race.py", ["--set", "optimizer.lr=-1"], "optimizer.lr: Input should be greater than 0"),
+    ("time_to_accuracy.py", ["--merge", "{tmp}/none.json", "--out", "{tmp}/m.json"], "none.json: No such file"),
+    ("time_to_accuracy.py", ["--merge", "A", "B", "--out", "{tmp}/m.json"], "different configs; not merging"),
+])
+def test_benchmark_errors_are_one_line(tmp_path, script, args, message):
+    a, b = _two_results(tmp_path)
+    args = [{"A": a, "B": b}.get(x, x.format(tmp=tmp_path)) for x in args]
+    r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300, cwd=BENCH)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.startswith(f"{script}: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert message in r.stderr and not (tmp_path / "m.json").exists()
+
+
+def test_gpu_suite_removes_data_that_fails_its_checksum(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    from gpu_suite import assemble_data
+    from resnet5m.errors import UserError
+
+    for i in range(3):
+        (tmp_path / f"p{i + 1}").mkdir()
+        (tmp_path / f"p{i + 1}" / f"chunk.{i}").write_bytes(bytes([i]) * 10)
+    (tmp_path / "p3" / "cifar10.npz.sha256").write_text("0" * 64 + "  cifar10.npz\n")
+    with pytest.raises(UserError, match="does not match"):
+        assemble_data(tmp_path)
+    assert not (tmp_path / "cifar10.npz").exists()  # a bad copy is never used
+    whole = b"\0" * 10 + b"\1" * 10 + b"\2" * 10
+    (tmp_path / "p3" / "cifar10.npz.sha256").write_text(hashlib.sha256(whole).hexdigest())
+    assert assemble_data(tmp_path).read_bytes() == whole  # a good copy is assembled and kept
 
 
 def test_gpu_suite_runs_end_to_end_with_a_tiny_setting(tmp_path, data_env):
