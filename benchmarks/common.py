@@ -115,7 +115,7 @@ def timed_steps(model: torch.nn.Module, opts: list, batches, steps: int, warmup:
 def run_cli(main: Callable[[], None]) -> None:
     """Run a script's ``main()`` as the CLI does: an expected failure (a bad value, a missing file) is one line
     on stderr naming it, exit 2, no traceback."""
-    from resnet5m.cli.main import one_line
+    from resnet5m.cli.main import one_line, os_error_line
     from resnet5m.errors import UserError
 
     name = Path(sys.argv[0]).name
@@ -125,6 +125,5 @@ def run_cli(main: Callable[[], None]) -> None:
         print(f"{name}: error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except OSError as exc:  # the file system said no (a missing input, a folder where a file should be)
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"{name}: error: {one_line(where + str(exc.strerror or exc))}", file=sys.stderr)
+        print(f"{name}: error: {os_error_line(exc)}", file=sys.stderr)
         sys.exit(2)

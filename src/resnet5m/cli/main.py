@@ -49,9 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `resnet5m presets | head`
         return 0
     except OSError as exc:  # the file system said no (permissions, a full disk, a file where a folder should be)
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"resnet5m: error: {one_line(where + str(exc.strerror or exc))}", file=sys.stderr)
+        print(f"resnet5m: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
+
+
+def os_error_line(exc: OSError) -> str:
+    """An operating-system failure as one line: the path it concerns, then what the system said."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return one_line(where + str(exc.strerror or exc))
 
 
 def one_line(message: str, limit: int = 2000) -> str:
