@@ -137,7 +137,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data_env):
     assert ra["test_acc"] == rb["test_acc"] and ra["test_loss"] == rb["test_loss"]
 
 
-SIGNAL_RUN = {"train__epochs": 2, "data__train_subset": 4000, "train__batch_size": 50}
+# five short epochs: the signal is sent once epoch 1 is logged, so a slow or busy host still has four epochs
+# (~9 s) to deliver it before the run would end on its own (two epochs once lost that race in CI)
+SIGNAL_RUN = {"train__epochs": 5, "data__train_subset": 3000, "train__batch_size": 50}
 SIGNAL_ARGS = ("--deterministic", "--no-progress", "--threads", "2")
 
 
@@ -159,7 +161,7 @@ def test_ctrl_c_or_sigterm_checkpoints_mid_epoch_and_resume_is_exact(tmp_path, d
     victim = cli("train", "--config", str(cfg), *SIGNAL_ARGS, "--runs-dir", str(tmp_path), "--name", "int")
     metrics = tmp_path / "int" / "metrics.jsonl"
     deadline = time.time() + 300
-    while time.time() < deadline and not metrics.exists():  # epoch 1 is done: the signal falls inside epoch 2
+    while time.time() < deadline and not metrics.exists():  # epoch 1 is done: the signal falls inside a later epoch
         time.sleep(0.05)
     time.sleep(0.4)
     victim.send_signal(sig)
@@ -171,7 +173,7 @@ def test_ctrl_c_or_sigterm_checkpoints_mid_epoch_and_resume_is_exact(tmp_path, d
     resumed = cli("train", "--resume", str(tmp_path / "int"), "--no-progress", "--threads", "2")
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
-    assert len(curve(tmp_path / "int")) == 2 and curve(uninterrupted_run) == curve(tmp_path / "int")
+    assert len(curve(tmp_path / "int")) == 5 and curve(uninterrupted_run) == curve(tmp_path / "int")
     assert same_weights(uninterrupted_run / "last.safetensors", tmp_path / "int" / "last.safetensors")
 
 
