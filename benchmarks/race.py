@@ -107,7 +107,12 @@ def main() -> None:
                    help="applied to both recipes (only for checking the script, e.g. a tiny run)")
     p.add_argument("--test-slice", type=int, default=None, metavar="N",
                    help="score on the first N test images only (only for checking the script: not a race)")
+    p.add_argument("--probe-size", type=int, default=4096, metavar="N",
+                   help="side of the square fp32 matmul probe recorded with each pair (smaller only for checking "
+                        "the script)")
     args = p.parse_args()
+    if args.probe_size < 1:
+        raise UserError(f"--probe-size {args.probe_size}: must be at least 1")
     if args.table_only:
         return report(json.loads(args.out.read_text()))
     tune_glibc_malloc()
@@ -136,7 +141,8 @@ def main() -> None:
             print(f"seed {seed}: already raced, skipped")
             continue
         info = machine(device)
-        info["peak_gflops"] = measure_peak_flops(device, dtype=torch.float32) / 1e9
+        info["peak_gflops"] = measure_peak_flops(device, n=args.probe_size, dtype=torch.float32) / 1e9
+        info["probe_size"] = args.probe_size
         pair = {"seed": seed, "machine": info}
         for side, cfg in (("a", cfg_a), ("b", cfg_b)):
             warm_up(cfg, data)  # untimed: kernel selection and allocator growth for this recipe's shapes

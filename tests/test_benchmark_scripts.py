@@ -29,6 +29,7 @@ def _two_results(tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("script, args, message", [
     ("time_to_accuracy.py", ["--set", "optimizer.lr=-1"], "optimizer.lr: Input should be greater than 0"),
     ("race.py", ["--set", "optimizer.lr=-1"], "optimizer.lr: Input should be greater than 0"),
+    ("race.py", ["--probe-size", "0"], "--probe-size 0: must be at least 1"),
     ("time_to_accuracy.py", ["--merge", "{tmp}/none.json", "--out", "{tmp}/m.json"], "none.json: No such file"),
     ("time_to_accuracy.py", ["--merge", "A", "B", "--out", "{tmp}/m.json"], "different configs; not merging"),
 ])
@@ -78,7 +79,7 @@ def test_gpu_suite_runs_end_to_end_with_a_tiny_setting(tmp_path, data_env):
 
 def test_race_pairs_seeds_and_appends(tmp_path, data_env):
     tiny = ["--set", "data.train_subset=300", "--set", "train.epochs=0.2", "--set", "train.batch_size=100",
-            "--set", "train.eval_batch_size=500", "--set", "eval.tta=flip", "--test-slice", "500"]
+            "--set", "train.eval_batch_size=500", "--set", "eval.tta=flip", "--test-slice", "500", "--probe-size", "256"]
     out = tmp_path / "race.json"
     bench("race.py", "--seeds", "100", "--out", str(out), *tiny)
     bench("race.py", "--seeds", "100,101", "--out", str(out), *tiny)  # continues: only seed 101 is new
