@@ -79,7 +79,8 @@ def test_gpu_suite_runs_end_to_end_with_a_tiny_setting(tmp_path, data_env):
 
 def test_race_pairs_seeds_and_appends(tmp_path, data_env):
     tiny = ["--set", "data.train_subset=300", "--set", "train.epochs=0.2", "--set", "train.batch_size=100",
-            "--set", "train.eval_batch_size=500", "--set", "eval.tta=flip", "--test-slice", "500", "--probe-size", "256"]
+            "--set", "train.eval_batch_size=500", "--set", "eval.tta=flip", "--test-slice", "500",
+            "--probe-size", "256"]
     out = tmp_path / "race.json"
     bench("race.py", "--seeds", "100", "--out", str(out), *tiny)
     bench("race.py", "--seeds", "100,101", "--out", str(out), *tiny)  # continues: only seed 101 is new
