@@ -147,8 +147,9 @@ def test_short_real_fast_recipe_run_reaches_its_floor(cifar, tmp_path):
     """The fast recipe itself (FastNet, whitening init, Muon + decoupled Nesterov SGD, label smoothing,
     progressive resizing, whitening-bias freeze), cut to 2 epochs on 10,000 images and scored on the
     5,000-image validation split. Measured 2026-11-25 (AMD EPYC): 69.4%; with the whitening init off
-    65.3%, with SGD instead of Muon 54.8%: the floor below fails when either trick breaks."""
-    from resnet5m.evaluation import final_evaluation
+    65.3%, with SGD instead of Muon 54.8%. Again 2026-12-07 (Intel Xeon, seed 0): 69.7%, 65.1%, 43.8%.
+    The floor below fails when either trick breaks. (Shorter settings were tried that day and kept less
+    margin: 5,000 images for 3 epochs at batch 500 gave 66.4/67.2% against 62.9/64.3% without whitening.)"""
     from resnet5m.models.fastnet import FastNet
     from resnet5m.training import Trainer, build_config
     from resnet5m.training.optim import Muon
@@ -164,12 +165,12 @@ def test_short_real_fast_recipe_run_reaches_its_floor(cifar, tmp_path):
     start = t.model.on_epoch_start
     t.model.on_epoch_start = lambda e: (bias_at_epoch_start.append(t.model.whiten.bias.detach().clone()), start(e))
     t.model.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[-1]) if m.training else None)
-    t.fit()
+    rows: list[dict] = []
+    t.fit(on_epoch=rows.append)
     assert sizes == [24] * 10 + [32] * 10  # 24 px crops for epoch 1 only
     first, second = bias_at_epoch_start
     assert not torch.equal(first, second) and torch.equal(second, t.model.whiten.bias)  # trained, then frozen
-    r = final_evaluation(t.eval_model(), t.splits.val_x, t.splits.val_y, tta="none", batch_size=2000)
-    assert r["test_acc"] > 0.67, r["test_acc"]
+    assert rows[-1]["val_acc"] > 0.67, rows[-1]["val_acc"]  # the last epoch's score on the validation split
 
 
 def test_the_one_file_recipe_is_what_the_engine_runs(cifar, tmp_path):
