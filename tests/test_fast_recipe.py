@@ -149,7 +149,8 @@ def test_short_real_fast_recipe_run_reaches_its_floor(cifar, tmp_path):
     5,000-image validation split. Measured 2026-11-25 (AMD EPYC): 69.4%; with the whitening init off
     65.3%, with SGD instead of Muon 54.8%. Again 2026-12-07 (Intel Xeon, seed 0): 69.7%, 65.1%, 43.8%.
     The floor below fails when either trick breaks. (Shorter settings were tried that day and kept less
-    margin: 5,000 images for 3 epochs at batch 500 gave 66.4/67.2% against 62.9/64.3% without whitening.)"""
+    margin: 5,000 images for 3 epochs at batch 500 gave 66.4/67.2% against 62.9/64.3% without whitening;
+    raw: benchmarks/results/tuning/2026-12-07/floor_test_calibration.jsonl.)"""
     from resnet5m.models.fastnet import FastNet
     from resnet5m.training import Trainer, build_config
     from resnet5m.training.optim import Muon
