@@ -154,7 +154,7 @@ def test_gpu_suite_compiles_muon_only_where_a_step_asks():
 
     plan = steps(tiny=False, plan="ladder-3")
     cfgs = {s.name: config_of(s, False, "cpu", s.compile, s.overrides) for s in plan}
-    for name in ("g-compiled-143", "g2k-compiled-144"):
+    for name in ("g-compiled-143", "g2k-compiled-144", "strong-compiled-145", "strong-compiled-146"):
         assert cfgs[name].optimizer.muon_compile and cfgs[name].compile
     assert not any(c.optimizer.muon_compile or c.compile for n, c in cfgs.items() if "compiled" not in n)
     assert cfgs["g2k-compiled-144"].train.batch_size == cfgs["g2k-150"].train.batch_size == 2000
@@ -197,6 +197,7 @@ def test_gpu_suite_ladder_3_plan_validates_before_it_adopts(tmp_path):
                                                                "fast-32px-b2000-G2k"] == list(range(150, 160))
     assert all(s.compile and s.compile_optimizer for s in conditional if "compiled" in s.name)
     assert names[-3:] == ["max-120", "max-121", "max-122"]  # last: the longest runs, the least needed
+    assert names[-5:-3] == ["strong-compiled-145", "strong-compiled-146"]  # strong's lever for 8 s, before max
     final = [(s.recipe, s.seed) for s in plan if not s.val and "unbatched" not in s.name and s.only_if != "G2k"]
     assert len(final) == len(set(final)) and min(seed for _, seed in final) >= 120  # fresh, never repeated
 
@@ -233,6 +234,8 @@ def test_gpu_suite_ladder_3_runs_tiny_and_runs_only_the_adopted_form(tmp_path, d
     ran = json.loads((out / f"{adopted.lower()}-compiled-143.json").read_text())
     assert ran["results"]["test_acc"] > 0 and not ran["validation"]
     assert json.loads((out / f"{other.lower()}-compiled-143.json").read_text())["skipped"]
+    strong = json.loads((out / "strong-compiled-145.json").read_text())  # tiny: not compiled (inductor on a CPU)
+    assert strong["results"]["test_acc"] > 0 and strong["group"] == "strong-compiled-step" and not strong["compile"]
     assert (adopted == "G2k") == ("skipped" not in json.loads((out / "g2k-150.json").read_text()))
     val = json.loads((out / "g2k-val-1.json").read_text())
     assert val["validation"] and val["results"]["test_acc"] is None and "train.batch_size=200" in val["overrides"]
