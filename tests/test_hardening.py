@@ -519,3 +519,176 @@ def test_fuzz_corrupted_inputs_fail_cleanly(tmp_path, weights, interrupted_run, 
     assert not failures, "\n".join(failures[:20])
     print(f"fuzz: {len(results)} corrupted inputs, {succeeded} harmless (command succeeded), "
           f"{len(results) - succeeded} clean one-line failures")
+
+
+# --- a second hostile review (2026-12-07): each case below was reproduced before its fix ---------------
+
+def usage_error(capsys, *argv: str, needle: str) -> None:
+    """An argparse error: one line naming the value (no usage dump), exit status 2."""
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "error: " in err and needle in err, err
+
+
+TINY_TRAIN = ("--set", "data.train_subset=200", "--set", "train.epochs=0.2", "--set", "train.batch_size=100",
+              "--set", "eval.tta=none", "--set", "model.widths=[16,32,32]", "--no-progress")
+
+
+@pytest.mark.parametrize("command", ["summary", "train"])
+def test_models_past_the_hard_limit_are_refused_before_building(command, tmp_path, data_env):
+    """26 billion parameters (~100 GB): sized on the meta device and refused, in seconds, under 2 GiB."""
+    t0 = time.time()
+    r = limited([command, "--blocks", "64", "--channels", "2048", "--kernels", "7", "--allow-over-budget",
+                 *(["--runs-dir", str(tmp_path / "runs")] if command == "train" else [])])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "over the hard limit of 100,000,000" in r.stderr, r.stderr
+    assert time.time() - t0 < 60 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (("train", "--seeds", "-1"), "seeds must be integers from 0 to 4,294,967,295, got -1"),
+    (("train", "--seeds", "0,0"), "seeds must be distinct"),
+    (("train", "--seeds", "0,99999999999999999999999"), "got 99999999999999999999999"),
+    (("study", "studies/bhat2023", "--seeds", "-3"), "got -3"),
+    (("presets", "--budget", "-1"), "must be at least 1, got -1"),
+    (("summary", "fast", "--budget", "0"), "must be at least 1, got 0"),
+])
+def test_bad_seeds_and_budgets_are_one_line(argv, needle, capsys, tmp_path):
+    usage_error(capsys, *argv, needle=needle)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("seed=99999999999999999999999", "seed: Input should be less than or equal to 4294967295"),
+    ("data.split_seed=4294967296", "data.split_seed: Input should be less than or equal to 4294967295"),
+    ("model.num_classes=2", "model.num_classes: CIFAR-10 has 10 classes (got 2)"),
+])
+def test_run_config_bounds(override, needle, capsys, tmp_path, data_env):
+    one_line_error(*run_cli(capsys, "train", "--runs-dir", str(tmp_path / "runs"), "--set", override), needle)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_weights_with_other_than_ten_classes_are_refused(capsys, tmp_path, inputs):
+    path = tmp_path / "w12.safetensors"
+    save_weights(path, build_model(parse_model_config({**TINY_MODEL, "num_classes": 12})), {"budget": 5_000_000})
+    one_line_error(*run_cli(capsys, "predict", str(path), str(inputs), "-o", str(tmp_path / "p.csv")),
+                   "12 output classes", "CIFAR-10's 10")
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(weights, inputs, capsys, tmp_path):
+    before = {p: p.read_bytes() for p in (weights, inputs)}
+    for argv in (("predict", str(weights), str(inputs), "-o", str(inputs)),
+                 ("predict", str(weights), str(inputs), "-o", str(weights)),
+                 ("export", str(weights), "-o", str(weights))):
+        one_line_error(*run_cli(capsys, *argv), "is this command's input")
+    assert all(p.read_bytes() == b for p, b in before.items())
+
+
+def test_export_of_a_model_with_overflowing_outputs_leaves_nothing(weights, capsys, tmp_path, data_env):
+    big = resave(weights, tmp_path / "big.safetensors",
+                 tensors=lambda s: {k: (v.fill_(3e38) if k.startswith("head.") else v) for k, v in s.items()})
+    one_line_error(*run_cli(capsys, "export", str(big), "-o", str(tmp_path / "new" / "sub" / "m.onnx")),
+                   "outputs are not finite", "not exported")
+    assert not (tmp_path / "new").exists()
+
+
+def test_npz_members_that_are_not_arrays_are_refused_unread(weights, capsys, tmp_path):
+    import zipfile
+
+    path = tmp_path / "x.npz"
+    np.savez(path, data=np.zeros((2, 32, 32, 3), np.uint8))
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("junk", b"\0" * 1000)  # numpy would read such a member whole, whatever its size
+    one_line_error(*run_cli(capsys, "predict", str(weights), str(path), "-o", str(tmp_path / "p.csv")),
+                   "member 'junk' is not an .npy array")
+
+
+def test_tarball_members_are_size_checked_before_reading(tmp_path, monkeypatch):
+    import tarfile
+
+    from resnet5m.data import sources
+    from resnet5m.errors import UserError
+
+    path = tmp_path / "c.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.size = 4096
+        tar.addfile(info, io.BytesIO(b"\0" * 4096))
+    monkeypatch.setattr(sources, "MAX_BATCH_BYTES", 1024)  # the real limit is 64 MiB: the same check, smaller
+    with pytest.raises(UserError, match="holds 4,096 bytes .* limit 1,024"):
+        sources.load_path(path)
+    monkeypatch.setattr(sources, "MAX_ARCHIVE_BYTES", 2048)
+    with pytest.raises(UserError, match="holds more than 2,048 bytes uncompressed"):
+        sources.load_path(path)
+
+
+def test_a_fifo_is_refused_instead_of_blocking(weights, capsys, tmp_path):
+    fifo = tmp_path / "in.npy"
+    os.mkfifo(fifo)
+    one_line_error(*run_cli(capsys, "predict", str(weights), str(fifo), "-o", str(tmp_path / "p.csv")),
+                   "not a regular file")
+    one_line_error(*run_cli(capsys, "evaluate", str(weights), "--data", str(fifo)), "not a regular file")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cifar_path) -> Path:
+    root = tmp_path_factory.mktemp("finished")
+    assert main(["train", "--data", str(cifar_path), "--runs-dir", str(root), "--name", "r", *TINY_TRAIN]) == 0
+    return root / "r"
+
+
+def _damage(run: Path, how: str) -> None:
+    results = json.loads((run / "results.json").read_text())
+    if how == "config":
+        (run / "config.yaml").write_text("- a\n")
+    elif how == "results":
+        (run / "results.json").write_text('{"test_acc": "x"}')
+    else:
+        results["confusion"] = [[1]] if how == "confusion" else [["a"] * 10] * 10
+        (run / "results.json").write_text(json.dumps(results))
+
+
+@pytest.mark.parametrize("how, needle", [("config", "AttributeError"), ("results", "KeyError"),
+                                         ("confusion", "IndexError"), ("confusion-text", "ValueError")])
+def test_report_of_a_damaged_run_is_one_line_and_writes_nothing(how, needle, finished_run, capsys, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    _damage(run, how)
+    one_line_error(*run_cli(capsys, "report", str(run), "-o", str(tmp_path / "out" / "rep")),
+                   "damaged or foreign run files", needle, "nothing written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no output folder, no staging folder
+
+
+def test_report_of_a_search_folder_never_opens_the_storage_its_file_names(tmp_path):
+    from resnet5m.reporting.search_report import _try_load
+
+    planted = tmp_path / "elsewhere" / "planted.db"
+    planted.parent.mkdir()
+    meta = {"name": "s", "storage": f"sqlite:///{planted}"}
+    assert _try_load(tmp_path, meta) is None and not planted.exists()  # the snapshot is used instead
+    assert _try_load(tmp_path, {"name": "s", "storage": "default"}) is None and not (tmp_path / "study.db").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (("--objectives", "bogus"), "--objectives: objectives must be"),
+    (("--storage", "bogus"), "not a database URL"),
+    (("--storage", "mysql://u@127.0.0.1/db"), "the database driver is not installed"),
+])
+def test_search_refusals_leave_no_study_folder(argv, needle, capsys, tmp_path, data_env):
+    one_line_error(*run_cli(capsys, "search", "search/quick-real", "--runs-dir", str(tmp_path / "s"), "--trials", "1",
+                            *argv), needle)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("study, needle", [
+    ("name: bigstudy\nbase: fast\nvariants:\n  a: {model: {widths: [512, 1024, 1024]}}\n",
+     "variant 'a': model (fastnet) has 37,103,128 trainable parameters, over the budget"),
+    ("name: ..\nbase: fast\nvariants:\n  a: {train: {batch_size: 100}}\n", "name: must not be '.' or '..'"),
+])
+def test_study_refusals_write_nothing(study, needle, capsys, tmp_path, data_env):
+    (tmp_path / "s.yaml").write_text(study)
+    one_line_error(*run_cli(capsys, "study", str(tmp_path / "s.yaml"), "--runs-dir", str(tmp_path / "in" / "runs")),
+                   needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]

@@ -10,7 +10,7 @@ from typing import Any
 from resnet5m.errors import UserError
 from resnet5m.models.budget import DEFAULT_BUDGET
 from resnet5m.models.resnet import ResNetConfig
-from resnet5m.util.validation import choices
+from resnet5m.util.validation import MAX_SEED, choices, short_repr
 
 
 def positive_int(text: str) -> int:
@@ -32,11 +32,15 @@ def _writable_dir(folder: Path, what: str) -> None:
         raise UserError(f"{what} {folder}: {existing} is not writable")
 
 
-def check_output_file(path: str | Path, what: str = "output") -> Path:
-    """Fail early, in one line, when ``path`` cannot be written as a file (a folder, under a file, read-only)."""
+def check_output_file(path: str | Path, what: str = "output", inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Fail early, in one line, when ``path`` cannot be written as a file (a folder, under a file, read-only)
+    or is one of the command's ``inputs`` (writing it would destroy what is being read)."""
     p = Path(path)
     if p.is_dir():
         raise UserError(f"{what} {p}: is a folder; give a file name")
+    for source in inputs:
+        if p.is_file() and Path(source).is_file() and os.path.samefile(p, source):
+            raise UserError(f"{what} {p}: is this command's input {source}; give another file name")
     _writable_dir(p.parent if str(p.parent) else Path("."), what)
     return p
 
@@ -60,6 +64,17 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def seed_list(text: str) -> list[int]:
+    """``--seeds``: distinct integers from 0 to MAX_SEED, comma-separated."""
+    values = int_list(text)
+    bad = next((v for v in values if not 0 <= v <= MAX_SEED), None)
+    if bad is not None:
+        raise argparse.ArgumentTypeError(f"seeds must be integers from 0 to {MAX_SEED:,}, got {short_repr(bad)}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct, got {short_repr(text)}")
+    return values
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("custom architecture (override the preset/YAML)")
     g.add_argument("--blocks", type=int_list, help="blocks per stage, e.g. 3,3,2,3")
@@ -72,7 +87,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--activation", choices=choices(ResNetConfig, "activation"))
     g.add_argument("--se-ratio", type=int, help="squeeze-and-excitation reduction ratio")
     g.add_argument("--dropout", type=float, help="dropout before the classifier")
-    g.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="trainable-parameter budget (default 5M)")
+    g.add_argument("--budget", type=positive_int, default=DEFAULT_BUDGET,
+                   help="trainable-parameter budget (default 5M)")
     g.add_argument("--allow-over-budget", action="store_true", help="build models over the budget anyway")
 
 

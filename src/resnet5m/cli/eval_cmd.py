@@ -21,7 +21,7 @@ from resnet5m.evaluation.inference import TTA_MODES, predict_logits
 from resnet5m.evaluation.inputs import load_inputs
 from resnet5m.io.atomic import atomic_write_text
 from resnet5m.io.rundir import write_json
-from resnet5m.models.weights import load_trained_model
+from resnet5m.models.weights import load_trained_model, resolve_weights_path
 from resnet5m.runtime.device import resolve_device
 
 
@@ -98,7 +98,7 @@ def run_predict(args: argparse.Namespace) -> int:
     is_image = Path(args.input).is_file() and Path(args.input).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp",
                                                                                  ".gif", ".webp")
     if not is_image:
-        check_output_file(args.output)
+        check_output_file(args.output, inputs=(args.input, resolve_weights_path(args.model)))
     model, info = _inference_model(args.model, device)
     logits = predict_logits(model, inputs.images, batch_size=args.batch_size, tta=args.tta, device=device)
     if not torch.isfinite(logits).all():
@@ -124,7 +124,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     out = check_output_file(args.output if args.output else _default_out(
-        args.model, "model.onnx" if args.format == "onnx" else "model.pt"))
+        args.model, "model.onnx" if args.format == "onnx" else "model.pt"), inputs=(resolve_weights_path(args.model),))
     model, info = load_trained_model(args.model, "cpu")
     data = load_cifar10(args.data)
     batch = data.test_images[:256].float() / 255

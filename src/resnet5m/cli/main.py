@@ -5,13 +5,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 
 from resnet5m import __version__
 from resnet5m.errors import UserError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad argument is one line (naming the value and what is allowed) and exit status 2, without the
+    usage dump; ``--help`` still shows it. Subcommand parsers inherit this class."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="resnet5m", description="Design, train, compare and ship residual networks under 5M "
                                      "parameters for CIFAR-10.")
     parser.add_argument("--version", action="version", version=f"resnet5m {__version__}")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from resnet5m.cli.common import add_model_arguments, model_overrides, require_model_spec
+from resnet5m.cli.common import add_model_arguments, model_overrides, positive_int, require_model_spec
 from resnet5m.models import PRESETS, build_model, count_parameters, resolve_model_config
-from resnet5m.models.budget import DEFAULT_BUDGET
+from resnet5m.models.budget import DEFAULT_BUDGET, MAX_PARAMS, check_budget_before_building
 from resnet5m.models.summary import summarize
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("presets", help="list model presets with parameter counts")
-    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET)
+    p.add_argument("--budget", type=positive_int, default=DEFAULT_BUDGET)
     p.set_defaults(func=run_presets)
 
     p = sub.add_parser("summary", help="layer table, parameters, mult-adds and memory of a model")
@@ -40,6 +40,8 @@ def run_presets(args: argparse.Namespace) -> int:
 def run_summary(args: argparse.Namespace) -> int:
     overrides = model_overrides(args)
     cfg = resolve_model_config(require_model_spec(args.model, overrides), overrides)
+    # sized on the meta device first: only the hard limit refuses here (an over-budget model is summarised)
+    check_budget_before_building(lambda: build_model(cfg), MAX_PARAMS, allow_over=False, name=f"model ({cfg.family})")
     s = summarize(build_model(cfg), budget=args.budget, depth=args.depth)
     print(s.text())
     if not s.within_budget and not args.allow_over_budget:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from resnet5m.cli.common import int_list
+from resnet5m.cli.common import seed_list
 from resnet5m.search.runner import (
     FINAL_SEEDS,
     SearchInterrupted,
@@ -43,7 +43,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         f"retried (default {HEARTBEAT_S})")
     p.add_argument("--final", action="store_true",
                    help="after the search, retrain the best trial on all 50,000 training images and test it")
-    p.add_argument("--seeds", type=int_list, default=FINAL_SEEDS,
+    p.add_argument("--seeds", type=seed_list, default=FINAL_SEEDS,
                    help=f"--final: fresh seeds (default {','.join(map(str, FINAL_SEEDS))})")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="--final only: change the retrained config, e.g. --set train.epochs=30")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from resnet5m.cli.common import int_list
+from resnet5m.cli.common import seed_list
 from resnet5m.reporting.report import build_report
 from resnet5m.reporting.search_report import is_search_dir
 from resnet5m.training.checkpoint import TrainingInterrupted
@@ -18,7 +18,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--epochs", type=float, help="shorten every variant to this many epochs (quick version)")
     p.add_argument("--train-subset", type=int, help="train every variant on this many images (quick version)")
-    p.add_argument("--seeds", type=int_list, help="override the study's seeds, e.g. 0,1,2")
+    p.add_argument("--seeds", type=seed_list, help="override the study's seeds, e.g. 0,1,2")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_study_cmd)
@@ -26,6 +26,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="tables, curves, confusion matrix and report.html for runs or a study")
     p.add_argument("paths", nargs="+", metavar="RUN_OR_STUDY")
     p.add_argument("-o", "--output", "--out", dest="output", help="output folder (default: <first path>/report)")
+    p.add_argument("--storage", help="a search folder's Optuna storage URL, to read its trials live (e.g. the "
+                                     "PostgreSQL URL the search used); default: the folder's study.db, else its "
+                                     "trials.json snapshot (the URL in search.json is never opened)")
     p.set_defaults(func=run_report_cmd)
 
 
@@ -43,7 +46,7 @@ def run_study_cmd(args: argparse.Namespace) -> int:
 
 def run_report_cmd(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path(args.paths[0]) / "report"
-    build_report(args.paths, out)
+    build_report(args.paths, out, storage=args.storage)
     if len(args.paths) == 1 and is_search_dir(args.paths[0]):
         print(f"wrote {out}/trials.md, trials.csv, best.yaml, plots/, report.html")
     else:

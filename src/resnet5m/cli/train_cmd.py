@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from resnet5m.cli.common import add_model_arguments, int_list, model_overrides, positive_int
+from resnet5m.cli.common import add_model_arguments, model_overrides, positive_int, seed_list
 from resnet5m.data.sources import load_cifar10
 from resnet5m.errors import UserError
 from resnet5m.evaluation.inference import TTA_MODES
 from resnet5m.io import rundir
-from resnet5m.models.budget import check_budget
+from resnet5m.models.budget import check_budget_before_building
 from resnet5m.models.registry import build_model, resolve_model_config
 from resnet5m.runtime import distributed
 from resnet5m.training.checkpoint import TrainingInterrupted
@@ -55,7 +55,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="override any config key, e.g. --set optimizer.lr=0.01 (repeatable)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
     p.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
-    p.add_argument("--seeds", type=int_list, help="repeat over seeds, e.g. 0,1,2, and report mean ± std")
+    p.add_argument("--seeds", type=seed_list, help="repeat over seeds, e.g. 0,1,2, and report mean ± std")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / periodic lines")
     p.add_argument("--nproc", type=positive_int, metavar="N",
                    help="train with N processes (runs the same command under torchrun --nproc-per-node N)")
@@ -130,7 +130,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         return _resume(Path(args.resume), args, progress, d)
     cfg = config_from_args(args)
-    check_budget(build_model(cfg.model), cfg.budget, cfg.allow_over_budget, name=f"model ({cfg.model.family})")
+    check_budget_before_building(lambda: build_model(cfg.model), cfg.budget, cfg.allow_over_budget,
+                                 name=f"model ({cfg.model.family})")
     rundir.check_root(args.runs_dir)
     if d.enabled:
         distributed.agree(d, "config", config_to_yaml(cfg))

@@ -21,6 +21,7 @@ from resnet5m.data.cifar10 import Cifar10, as_array, check_images, check_labels,
 from resnet5m.data.download import EXTRACTED_NAME, TARBALL_NAME, cached_tarball, fetch_cifar10
 from resnet5m.errors import UserError
 from resnet5m.io.safe_pickle import restricted_load
+from resnet5m.util.validation import short_repr
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 SINGLE_SET_KEYS = (("x_test", "y_test"), ("x", "y"), ("images", "labels"))
@@ -37,6 +38,8 @@ def cache_dir() -> Path:
 
 
 MAX_ARRAY_BYTES = 1 << 30  # per file; all of CIFAR-10 is 184 MB
+MAX_ARCHIVE_BYTES = 1 << 30  # uncompressed, per tarball; the official one is ~178 MB
+MAX_BATCH_BYTES = 64 << 20  # per batch file in a tarball; each official one is ~31 MB
 
 
 def _check_npy_header(fh: BinaryIO, available: int, where: str) -> int:
@@ -68,9 +71,11 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         total = 0
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
-                if info.filename.endswith(".npy"):
-                    with zf.open(info) as fh:
-                        total += _check_npy_header(fh, info.file_size, f"{path}: {info.filename}")
+                if not info.filename.endswith(".npy"):  # numpy would read any other member whole, unchecked
+                    raise UserError(f"{path}: member {short_repr(info.filename)} is not an .npy array; "
+                                    "an .npz may hold only .npy arrays")
+                with zf.open(info) as fh:
+                    total += _check_npy_header(fh, info.file_size, f"{path}: {info.filename}")
         if total > MAX_ARRAY_BYTES:
             raise UserError(f"{path}: declares {total:,} bytes of arrays (limit {MAX_ARRAY_BYTES:,}); refused")
         with np.load(path, allow_pickle=False) as d:
@@ -81,8 +86,15 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise _corrupt(path, ".npz", exc) from None
 
 
+def require_regular_file(path: Path) -> None:
+    """A FIFO, socket or device would block or stream without end: only regular files (and folders) are read."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise UserError(f"{path}: not a regular file (a pipe, socket or device); give a file or a folder")
+
+
 def read_npy(path: Path) -> np.ndarray:
     """One .npy array, checked like :func:`read_npz`."""
+    require_regular_file(path)
     try:
         with open(path, "rb") as fh:
             _check_npy_header(fh, path.stat().st_size, str(path))
@@ -166,8 +178,14 @@ def load_tarball(path: Path) -> Cifar10:
     try:
         with tarfile.open(path, "r:*") as tar:
             for m in tar:
+                if m.offset_data + m.size > MAX_ARCHIVE_BYTES:  # bounded time: skipping a member decompresses it
+                    raise UserError(f"{path}: holds more than {MAX_ARCHIVE_BYTES:,} bytes uncompressed "
+                                    f"(at member {short_repr(m.name)}); refused")
                 base = Path(m.name).name
                 if m.isfile() and base in (*TRAIN_BATCHES, TEST_BATCH):
+                    if m.size > MAX_BATCH_BYTES:  # a batch file is ~31 MB; read whole, so its size is bounded
+                        raise UserError(f"{path}: member {short_repr(m.name)} holds {m.size:,} bytes "
+                                        f"(a CIFAR-10 batch file holds ~31 MB; limit {MAX_BATCH_BYTES:,}); refused")
                     fh = tar.extractfile(m)
                     if fh is None:
                         continue
@@ -176,6 +194,8 @@ def load_tarball(path: Path) -> Cifar10:
                         raise EOFError(f"member {m.name} is cut short")
                     where = f"{path}:{m.name}"
                     batches[base] = _decode_batch(restricted_load(io.BytesIO(raw), name=where), where)
+    except UserError:
+        raise
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         detail = "empty file" if path.is_file() and path.stat().st_size == 0 else str(exc).splitlines()[0].rstrip(":")
         raise UserError(f"{path}: truncated or corrupt archive ({detail})") from None
@@ -187,6 +207,7 @@ def load_path(path: str | os.PathLike[str]) -> Cifar10:
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"{p}: no such file or directory")
+    require_regular_file(p)
     if p.is_dir():
         if (p / EXTRACTED_NAME).is_dir():
             return load_batches_dir(p / EXTRACTED_NAME)

@@ -68,16 +68,24 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, check
         raise UserError(f"format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
     model = model.to("cpu", memory_format=torch.contiguous_format).eval().float()
     path = Path(path)
+    x = check_images.float().contiguous()
+    with torch.no_grad():
+        ref = model(x).numpy()
+    if not np.isfinite(ref).all():  # no parity check can pass, and such a model is no use exported
+        raise UserError(f"the model's outputs are not finite (NaN or inf) for {int((~np.isfinite(ref)).any(1).sum())} "
+                        f"of {len(ref)} test images; not exported")
     staged = path.with_name(f".{path.name}.unchecked")
+    created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # deepest first
     try:
         (export_onnx if fmt == "onnx" else export_torchscript)(model, staged)
-        x = check_images.float().contiguous()
-        with torch.no_grad():
-            ref = model(x).numpy()
         diff = float(np.abs(run_exported(staged, fmt, x) - ref).max())
         if not diff < tolerance:
             raise UserError(f"exported model differs from PyTorch by {diff:.2e} (>= {tolerance:g}); not written")
         os.replace(staged, path)
-    finally:
+    except BaseException:
         staged.unlink(missing_ok=True)
+        for d in created:  # the folders this export made, so a failed one leaves nothing behind
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     return diff

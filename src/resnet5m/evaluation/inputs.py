@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from resnet5m.data.cifar10 import as_array, to_nchw
-from resnet5m.data.sources import read_npy, read_npz
+from resnet5m.data.sources import read_npy, read_npz, require_regular_file
 from resnet5m.errors import UserError
 from resnet5m.io.safe_pickle import restricted_load
 
@@ -115,6 +115,7 @@ def load_inputs(path: str | Path) -> Inputs:
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such file or directory")
+    require_regular_file(p)
     if p.is_dir():
         return load_image_folder(p)
     suffix = p.suffix.lower()

@@ -14,10 +14,11 @@ from safetensors.torch import save
 from torch import nn
 
 from resnet5m import __version__
+from resnet5m.data.cifar10 import NUM_CLASSES
 from resnet5m.errors import UserError
 from resnet5m.io.atomic import atomic_write_bytes
 from resnet5m.io.rundir import WEIGHTS
-from resnet5m.models.budget import DEFAULT_BUDGET, count_parameters
+from resnet5m.models.budget import DEFAULT_BUDGET, MAX_PARAMS, count_parameters
 from resnet5m.models.registry import build_model, parse_model_config
 
 
@@ -46,7 +47,6 @@ def resolve_weights_path(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-MAX_PARAMS = 100_000_000  # the most any weights file may describe, even one trained over the budget
 
 
 def _json(meta: dict[str, str], key: str, where: Path, default: str | None = None) -> Any:
@@ -79,6 +79,9 @@ def load_trained_model(path: str | os.PathLike[str], device: torch.device | str 
     """
     p, shapes, meta = read_weights_file(path)
     cfg = parse_model_config(_json(meta, "model_config", p), where=f"{p} (model config)")
+    if cfg.num_classes != NUM_CLASSES:
+        raise UserError(f"{p}: describes a model with {cfg.num_classes} output classes; resnet5m evaluates and "
+                        f"predicts CIFAR-10's {NUM_CLASSES}")
     info = _json(meta, "info", p, default="{}")
     if not isinstance(info, dict):
         raise UserError(f"{p}: damaged weights metadata (info is not a mapping)")

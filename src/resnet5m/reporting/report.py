@@ -4,10 +4,15 @@ over one or more runs, multi-seed runs or a study."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import html
 import io
+import os
+import shutil
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,12 +181,47 @@ def _img(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def build_report(paths: list[str | Path], out_dir: str | Path) -> Path:
-    if len(paths) == 1 and is_search_dir(paths[0]):  # a `resnet5m search` study folder
-        build_search_report(paths[0], out_dir)
-        return Path(out_dir)
-    entries, title = collect(paths)
+# what a damaged results.json, config.yaml or search.json raises deep inside the report (a wrong type, a missing
+# key, a matrix of the wrong shape): the inputs are the user's files, so this is a one-line error, not a crash
+DAMAGED = (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError)
+
+
+def build_report(paths: list[str | Path], out_dir: str | Path, storage: str | None = None) -> Path:
+    """The report of runs, a study or a search folder, in ``out_dir``. It is built in a hidden folder beside
+    ``out_dir`` and moved in only when complete: a damaged input leaves nothing behind (not even the folders
+    made for it). ``storage``: a search study's Optuna storage URL (see :func:`load_records`)."""
     out = Path(out_dir)
+    created = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        try:
+            with warnings.catch_warnings():  # e.g. matplotlib on an empty legend: the one line is the error
+                warnings.simplefilter("ignore", UserWarning)
+                _build_report(paths, staging, storage)
+        except DAMAGED as exc:
+            detail = str(exc).splitlines()[0][:120] if str(exc) else ""
+            raise UserError(f"report of {', '.join(map(str, paths))}: damaged or foreign run files "
+                            f"({type(exc).__name__}{': ' + detail if detail else ''}); nothing written") from None
+        for f in sorted(p for p in staging.rglob("*") if p.is_file()):
+            target = out / f.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for d in created:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _build_report(paths: list[str | Path], out: Path, storage: str | None) -> Path:
+    if len(paths) == 1 and is_search_dir(paths[0]):  # a `resnet5m search` study folder
+        build_search_report(paths[0], out, storage=storage)
+        return out
+    entries, title = collect(paths)
     (out / "curves").mkdir(parents=True, exist_ok=True)
     rows = table_rows(entries)
     best_entry, best_dir, best_run, criterion = select_best(entries)

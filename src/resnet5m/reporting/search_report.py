@@ -277,11 +277,15 @@ def plot_importances(scores: dict[str, float], path: Path) -> Path:
 
 # --- the report --------------------------------------------------------------------------------------
 
-def load_records(study_dir: Path, study: Any = None) -> tuple[list[dict[str, Any]], Any, dict[str, Any]]:
-    """(records, live study or None, search.json) of a search folder; falls back to the snapshot."""
+def load_records(study_dir: Path, study: Any = None,
+                 storage: str | None = None) -> tuple[list[dict[str, Any]], Any, dict[str, Any]]:
+    """(records, live study or None, search.json) of a search folder: from ``study``, else from the storage
+    at ``storage`` (a URL the user gives), else from the folder's own ``study.db``, else from the snapshot.
+    The storage URL recorded in search.json is never opened: a folder does not choose where a report
+    connects or writes (give it with ``--storage`` to read a PostgreSQL study live)."""
     meta = rundir.read_json(study_dir / SEARCH_FILE, "not a search study folder")
-    if study is None and "***" not in str(meta.get("storage")):  # a masked password: use the snapshot
-        study = _try_load(study_dir, meta)
+    if study is None:
+        study = _try_load(study_dir, meta, storage)
     if study is not None:
         records = trial_records(study)
         rundir.write_json(study_dir / SNAPSHOT, {"study": meta.get("name"), "trials": records})
@@ -302,15 +306,16 @@ def driver_url(url: str) -> str:
     return url
 
 
-def _try_load(study_dir: Path, meta: dict[str, Any]) -> Any:
+def _try_load(study_dir: Path, meta: dict[str, Any], storage: str | None = None) -> Any:
     try:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        url = f"sqlite:///{(study_dir / 'study.db').resolve()}" if meta.get("storage") == "default" else meta["storage"]
-        if url.startswith("sqlite") and not (study_dir / "study.db").exists() and meta.get("storage") == "default":
-            return None
-        return optuna.load_study(study_name=meta["name"], storage=driver_url(url))
+        if storage is None:
+            if meta.get("storage") != "default" or not (study_dir / "study.db").is_file():
+                return None  # the snapshot
+            storage = f"sqlite:///{(study_dir / 'study.db').resolve()}"
+        return optuna.load_study(study_name=meta["name"], storage=driver_url(storage))
     except Exception:  # unreachable server, missing driver, ...: use the snapshot
         return None
 
@@ -344,12 +349,13 @@ def final_summary(study_dir: Path) -> dict[str, Any] | None:
     return summary
 
 
-def build_search_report(study_dir: str | Path, out_dir: str | Path | None = None, study: Any = None) -> dict[str, Any]:
+def build_search_report(study_dir: str | Path, out_dir: str | Path | None = None, study: Any = None,
+                        storage: str | None = None) -> dict[str, Any]:
     """Write trials.csv, trials.md, best.yaml, the plots and report.html into ``out_dir`` (default: the
     study folder); returns {records, best, counts_line}."""
     study_dir = Path(study_dir)
     out = Path(out_dir) if out_dir is not None else study_dir
-    records, study, meta = load_records(study_dir, study)
+    records, study, meta = load_records(study_dir, study, storage)
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(records)
     best = best_trial(records)

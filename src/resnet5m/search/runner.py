@@ -120,13 +120,15 @@ def setup_study(space: Space, opts: SearchOptions, out: Printer = print) -> Stud
     name = study_name(space, opts.study)
     study_dir = Path(opts.runs_dir) / name
     try:
-        study_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{study_dir}: cannot create ({exc.strerror or exc})") from None
-    try:
         objectives = check_objectives(opts.objectives or list(space.spec.objectives))
     except ValueError as exc:
         raise UserError(f"--objectives: {exc}") from None
+    if opts.storage is not None:  # a bad URL, missing driver or unreachable server fails before anything is written
+        open_storage(opts.storage, heartbeat_s=opts.heartbeat, grace_s=3 * opts.heartbeat).engine.dispose()
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{study_dir}: cannot create ({exc.strerror or exc})") from None
     pruner = opts.pruner or space.spec.pruner.name
     if len(objectives) > 1 and pruner != "none":
         out(f"note: pruning is off: Optuna cannot prune multi-objective studies ({','.join(objectives)})")
@@ -160,7 +162,7 @@ def make_sampler(setup: StudySetup, worker: int = 0, existing: int = 0) -> Any:
     import optuna
 
     s = setup.space.spec.sampler
-    seed = None if s.seed is None else s.seed + 1000 * worker + 7919 * existing
+    seed = None if s.seed is None else (s.seed + 1000 * worker + 7919 * existing) % 2**32  # Optuna's range
     if setup.multi:
         return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed)
     return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, seed=seed)

@@ -33,7 +33,7 @@ from resnet5m.io.yamlfile import read_yaml
 from resnet5m.models.registry import model_spec_to_dict
 from resnet5m.training.config import RECIPE_METADATA, RunConfig, deep_merge, load_config_file, validate_config
 from resnet5m.training.recipes import resolve_recipe
-from resnet5m.util.validation import StrictModel, format_validation_error, short_repr
+from resnet5m.util.validation import MAX_SEED, StrictModel, format_validation_error, short_repr
 
 OBJECTIVES = ("val_acc", "params", "train_s")
 DIRECTIONS = {"val_acc": "maximize", "params": "minimize", "train_s": "minimize"}
@@ -83,7 +83,8 @@ class ParamSpec(StrictModel):
 
 
 class SamplerSpec(StrictModel):
-    seed: int | None = Field(None, ge=0, description="sampler seed (reproducible trial order with one worker)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED,
+                             description="sampler seed (reproducible trial order with one worker)")
     n_startup_trials: int = Field(10, ge=0, description="TPE: random trials before the model kicks in")
     population_size: int = Field(20, ge=2, description="NSGA-II (multi-objective): population per generation")
 

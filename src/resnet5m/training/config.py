@@ -14,18 +14,19 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from resnet5m.data.augment import AugmentConfig
+from resnet5m.data.cifar10 import NUM_CLASSES
 from resnet5m.errors import UserError
 from resnet5m.io.yamlfile import parse_yaml, read_yaml
 from resnet5m.models.budget import DEFAULT_BUDGET
 from resnet5m.models.fastnet import FastNetConfig
 from resnet5m.models.registry import PRESETS, ModelConfig, model_spec_to_dict
-from resnet5m.util.validation import StrictModel, format_validation_error
+from resnet5m.util.validation import MAX_SEED, StrictModel, format_validation_error
 
 
 class DataConfig(StrictModel):
     path: str | None = Field(None, description="CIFAR-10 location; default: $RESNET5M_DATA, cache, download")
     val_size: int = Field(5000, ge=0, le=49000, description="held-out validation images (0 = train on all)")
-    split_seed: int = Field(0, ge=0)
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
     train_subset: int | None = Field(None, ge=10, description="use only this many training images (quick runs)")
     download: bool = True
 
@@ -222,7 +223,7 @@ class RunConfig(StrictModel):
     reported: Reported | None = Field(None, description="a reference study's own figures (not measured by us)")
     measured: Measured | None = Field(None, description="resnet5m's measurement of this recipe as shipped")
     shortened: str | None = Field(None, description="set when a quick run overrode the recipe's length/data")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     model: ModelConfig = Field(default_factory=lambda: PRESETS["reddy2024"].config)
     budget: int = Field(DEFAULT_BUDGET, ge=1)
     allow_over_budget: bool = False
@@ -254,6 +255,12 @@ class RunConfig(StrictModel):
         if v in (".", ".."):
             raise ValueError("must not be '.' or '..' (a run name is a folder name)")
         return v
+
+    @model_validator(mode="after")
+    def _ten_classes(self) -> RunConfig:
+        if self.model.num_classes != NUM_CLASSES:  # training, evaluation and prediction are CIFAR-10's
+            raise ValueError(f"model.num_classes: CIFAR-10 has {NUM_CLASSES} classes (got {self.model.num_classes})")
+        return self
 
     @model_validator(mode="after")
     def _selection_needs_validation(self) -> RunConfig:

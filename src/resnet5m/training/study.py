@@ -18,12 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from resnet5m.data.sources import load_cifar10
 from resnet5m.errors import UserError
 from resnet5m.io import rundir
 from resnet5m.io.yamlfile import read_yaml
+from resnet5m.models.budget import check_budget_before_building
+from resnet5m.models.registry import build_model
 from resnet5m.training.config import (
     RunConfig,
     apply_overrides,
@@ -36,15 +38,22 @@ from resnet5m.training.config import (
 from resnet5m.training.recipes import resolve_recipe
 from resnet5m.training.run import train_seeds
 from resnet5m.training.trainer import Printer
-from resnet5m.util.validation import StrictModel, format_validation_error
+from resnet5m.util.validation import Seed, StrictModel, format_validation_error
 
 
 class StudyConfig(StrictModel):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.=+-]+$")
     description: str = ""
     base: str
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     variants: dict[str, dict[str, Any]] = Field(..., min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, v: str) -> str:
+        if v in (".", ".."):
+            raise ValueError("must not be '.' or '..' (a study name is a folder name)")
+        return v
 
 
 def load_study(path: str | Path) -> tuple[StudyConfig, Path]:
@@ -106,8 +115,10 @@ def run_study(study_path: str, runs_dir: str | Path, *, epochs: float | None = N
     sets, note = shortening_overrides(epochs, train_subset)
     configs = variant_configs(study, study_file, [*sets, *(overrides or [])])
     seeds = seeds or study.seeds
+    for name, cfg in configs.items():  # every variant within its budget before anything is written
+        check_budget_before_building(lambda cfg=cfg: build_model(cfg.model), cfg.budget, cfg.allow_over_budget,
+                                     name=f"variant {name!r}: model ({cfg.model.family})")
     root = Path(runs_dir) / study.name
-    root.mkdir(parents=True, exist_ok=True)
     spec = {"name": study.name, "description": study.description, "variants": list(configs), "seeds": seeds,
             "study_file": str(study_file), "shortened": note, "overrides": overrides or []}
     if (root / rundir.STUDY).exists():
@@ -115,8 +126,9 @@ def run_study(study_path: str, runs_dir: str | Path, *, epochs: float | None = N
         if (old.get("shortened"), old.get("overrides")) != (note, overrides or []):
             raise UserError(f"{root} was started with different settings ({old.get('shortened') or 'full length'}, "
                             f"overrides {old.get('overrides')}); use another --runs-dir to keep both")
+    data = load_cifar10(next(iter(configs.values())).data.path)  # the data too, before anything is written
+    root.mkdir(parents=True, exist_ok=True)
     rundir.write_study(root, spec)
-    data = load_cifar10(next(iter(configs.values())).data.path)
     for i, (name, cfg) in enumerate(configs.items(), 1):
         out(f"== study {study.name}: variant {i}/{len(configs)} '{name}' ==")
         (root / name).mkdir(exist_ok=True)

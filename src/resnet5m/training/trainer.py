@@ -24,7 +24,7 @@ from resnet5m.errors import UserError
 from resnet5m.evaluation.inference import predict_logits
 from resnet5m.evaluation.metrics import evaluate_logits
 from resnet5m.io import rundir
-from resnet5m.models.budget import check_budget, count_parameters
+from resnet5m.models.budget import check_budget_before_building, count_parameters
 from resnet5m.models.registry import build_model
 from resnet5m.models.weights import load_trained_model, save_weights
 from resnet5m.runtime.device import precision_dtype, resolve_device
@@ -79,8 +79,9 @@ def make_splits(cfg: RunConfig, data: Cifar10, device: torch.device) -> Splits:
 
 
 def build_network(cfg: RunConfig, device: torch.device, init_images: torch.Tensor | None) -> nn.Module:
+    check_budget_before_building(lambda: build_model(cfg.model), cfg.budget, cfg.allow_over_budget,
+                                 name=f"model ({cfg.model.family})")
     model = build_model(cfg.model)
-    check_budget(model, cfg.budget, cfg.allow_over_budget, name=f"model ({cfg.model.family})")
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

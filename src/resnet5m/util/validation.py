@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import typing
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's largest seed (torch's is larger): every seed field's bound
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class StrictModel(BaseModel):
