@@ -541,7 +541,8 @@ def test_models_past_the_hard_limit_are_refused_before_building(command, tmp_pat
     t0 = time.time()
     r = limited([command, "--blocks", "64", "--channels", "2048", "--kernels", "7", "--allow-over-budget",
                  *(["--runs-dir", str(tmp_path / "runs")] if command == "train" else [])])
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "over the hard limit of 100,000,000" in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "over the hard limit of 100,000,000" in r.stderr, r.stderr
     assert time.time() - t0 < 60 and not (tmp_path / "runs").exists()
 
 
