@@ -693,3 +693,10 @@ def test_study_refusals_write_nothing(study, needle, capsys, tmp_path, data_env)
     one_line_error(*run_cli(capsys, "study", str(tmp_path / "s.yaml"), "--runs-dir", str(tmp_path / "in" / "runs")),
                    needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_report_into_a_path_under_a_file_is_one_line(finished_run, capsys, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    one_line_error(*run_cli(capsys, "report", str(finished_run), "-o", str(tmp_path / "afile" / "sub")),
+                   "afile is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

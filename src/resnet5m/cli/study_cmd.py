@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from resnet5m.cli.common import seed_list
+from resnet5m.cli.common import check_output_dir, seed_list
 from resnet5m.reporting.report import build_report
 from resnet5m.reporting.search_report import is_search_dir
 from resnet5m.training.checkpoint import TrainingInterrupted
@@ -45,7 +45,7 @@ def run_study_cmd(args: argparse.Namespace) -> int:
 
 
 def run_report_cmd(args: argparse.Namespace) -> int:
-    out = Path(args.output) if args.output else Path(args.paths[0]) / "report"
+    out = check_output_dir(Path(args.output) if args.output else Path(args.paths[0]) / "report")
     build_report(args.paths, out, storage=args.storage)
     if len(args.paths) == 1 and is_search_dir(args.paths[0]):
         print(f"wrote {out}/trials.md, trials.csv, best.yaml, plots/, report.html")
