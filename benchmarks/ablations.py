@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 
 from common import RESULTS, print_table, run_cli, write_json
+from resnet5m.cli.common import seed_list  # noqa: E402
+from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.errors import UserError
 
 HERE = Path(__file__).resolve().parent
@@ -81,9 +83,9 @@ def table(folder: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variant names")
-    p.add_argument("--seeds", default="0,1", help="tuning seeds (never reported as results)")
+    p.add_argument("--seeds", type=seed_list, default=[0, 1], help="tuning seeds (never reported as results)")
     p.add_argument("--dir", type=Path, default=RESULTS / "ablations" / "validation")
     p.add_argument("--table-only", action="store_true")
     args = p.parse_args()
@@ -93,7 +95,7 @@ def main() -> None:
         raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if not args.table_only:
         for name in names:
-            run_variant(name, [int(s) for s in args.seeds.split(",")], args.dir)
+            run_variant(name, args.seeds, args.dir)
     table(args.dir)
 
 

@@ -114,9 +114,13 @@ def timed_steps(model: torch.nn.Module, opts: list, batches, steps: int, warmup:
 
 def run_cli(main: Callable[[], None]) -> None:
     """Run a script's ``main()`` as the CLI does: an expected failure (a bad value, a missing file) is one line
-    on stderr naming it, exit 2, no traceback."""
+    on stderr naming it, exit 2, no traceback; Ctrl-C or SIGTERM is one line and exit 130 (results already
+    appended stay: every script writes per seed or pair)."""
+    import json
+
     from resnet5m.cli.main import one_line, os_error_line
     from resnet5m.errors import UserError
+    from resnet5m.training.checkpoint import TrainingInterrupted
 
     name = Path(sys.argv[0]).name
     try:
@@ -127,3 +131,9 @@ def run_cli(main: Callable[[], None]) -> None:
     except OSError as exc:  # the file system said no (a missing input, a folder where a file should be)
         print(f"{name}: error: {os_error_line(exc)}", file=sys.stderr)
         sys.exit(2)
+    except json.JSONDecodeError as exc:  # a results file given to --merge, --compare or --table-only
+        print(f"{name}: error: a JSON input is not valid JSON ({exc.msg} at line {exc.lineno})", file=sys.stderr)
+        sys.exit(2)
+    except (KeyboardInterrupt, TrainingInterrupted):
+        print(f"{name}: interrupted; the results written so far are kept", file=sys.stderr)
+        sys.exit(130)

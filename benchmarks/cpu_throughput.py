@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from common import RESULTS, machine, print_table, run_cli, timed_steps, write_json
+from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, BatchLoader, build_augment, load_cifar10
 from resnet5m.models import build_model
 from resnet5m.runtime import resolve_device, tune_glibc_malloc
@@ -61,7 +62,7 @@ def baseline_prepare(device):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-size", type=int, default=None, help="default: the fast recipe's (2000)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from common import RESULTS, machine, print_table, run_cli, write_json
+from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.io.rundir import read_metrics
 from resnet5m.models import build_model, count_parameters
 from resnet5m.training.config import build_config
@@ -59,7 +60,7 @@ def comm_volume() -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=10000)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)

@@ -48,6 +48,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from common import machine, run_cli, write_json  # noqa: E402
+from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.errors import UserError  # noqa: E402
 from resnet5m.io import rundir  # noqa: E402
 from resnet5m.runtime.device import resolve_device  # noqa: E402
@@ -443,8 +444,18 @@ PLANS = {"ladder": ladder_steps, "max-length": max_length_steps, "max-80": max_8
          "ladder-3": ladder_3_steps}
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text[:40]!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text[:40]!r}")
+    return value
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["plan", "run", "table"])
     p.add_argument("--plan", choices=list(PLANS), default="ladder",
                    help="ladder: every rung and reference as shipped; max-length: the 2026-11-26 70-epoch max; "
@@ -454,7 +465,7 @@ def main() -> None:
                         "ladder-3: the next GPU session's plan (ladder_3_steps: adds six G / G2k = batch 2,000 "
                         "validation pairs and a rule fixed in advance for rung 1's GPU form, then strong compiled)")
     p.add_argument("--tiny", action="store_true", help="a few hundred images, a fraction of an epoch (tests)")
-    p.add_argument("--budget-s", type=float, default=540, help="stop starting/continuing runs after this")
+    p.add_argument("--budget-s", type=positive_seconds, default=540, help="stop starting/continuing runs after this")
     p.add_argument("--work", type=Path, default=ROOT / ".devdata" / "gpu-runs")
     p.add_argument("--out", type=Path, default=HERE / "results" / "gpu")
     p.add_argument("--data", type=Path, help="CIFAR-10 (default: .devdata/cifar10.npz, then $RESNET5M_DATA)")

@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import machine, run_cli, write_json  # noqa: E402
+from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data.sources import load_cifar10  # noqa: E402
 from resnet5m.data.split import stratified_split  # noqa: E402
 
@@ -46,7 +47,7 @@ def shares(sim: torch.Tensor) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, help="CIFAR-10 (default: $RESNET5M_DATA)")
     p.add_argument("--val-size", type=int, default=5000)
     p.add_argument("--split-seeds", default="0", help="comma-separated data.split_seed values")

@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import machine, run_cli  # noqa: E402
+from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data.cifar10 import Cifar10  # noqa: E402
 from resnet5m.runtime.device import resolve_device  # noqa: E402
 from resnet5m.training.config import build_config  # noqa: E402
@@ -53,7 +54,7 @@ def run_once(recipe: str, data: Cifar10, args: argparse.Namespace, work: Path, n
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="fast")
     p.add_argument("--device", default="auto")
     p.add_argument("--images", type=int, default=10_000, help="synthetic training images (default 10,000)")

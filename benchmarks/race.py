@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from common import RESULTS, machine, measure_peak_flops, print_table, run_cli, write_json
-from resnet5m.cli.common import int_list
+from resnet5m.cli.common import positive_int, seed_list
+from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data import Cifar10, load_cifar10
 from resnet5m.errors import UserError
 from resnet5m.runtime import resolve_device, tune_glibc_malloc
@@ -97,15 +98,15 @@ def report(doc: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int_list, default=[100, 101, 102])
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=seed_list, default=[100, 101, 102])
     p.add_argument("--a", default="fast")
     p.add_argument("--b", default="airbench94-equivalent")
     p.add_argument("--out", type=Path, default=RESULTS / "race" / "race.json")
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="applied to both recipes (only for checking the script, e.g. a tiny run)")
-    p.add_argument("--test-slice", type=int, default=None, metavar="N",
+    p.add_argument("--test-slice", type=positive_int, default=None, metavar="N",
                    help="score on the first N test images only (only for checking the script: not a race)")
     p.add_argument("--probe-size", type=int, default=4096, metavar="N",
                    help="side of the square fp32 matmul probe recorded with each pair (smaller only for checking "

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from common import machine, run_cli, write_json
+from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data import load_cifar10
 from resnet5m.runtime import tune_glibc_malloc
 from resnet5m.training.config import build_config
@@ -79,7 +80,7 @@ def compare(a: Path, b: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path)
     p.add_argument("--compare", type=Path, nargs=2, metavar="JSON")
     args = p.parse_args()

@@ -35,7 +35,8 @@ from typing import Any
 import torch
 
 from common import RESULTS, machine, measure_peak_flops, print_table, run_cli, sync, write_json
-from resnet5m.cli.common import int_list
+from resnet5m.cli.common import seed_list
+from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data import load_cifar10
 from resnet5m.errors import UserError
 from resnet5m.evaluation import final_evaluation, predict_logits
@@ -158,9 +159,9 @@ def merge(paths: list[Path], out: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="fast")
-    p.add_argument("--seeds", type=int_list, default=[100, 101, 102])
+    p.add_argument("--seeds", type=seed_list, default=[100, 101, 102])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, help="JSON path (default: results/recipe/time_to_accuracy_<config>.json)")
     p.add_argument("--keep-weights", type=Path, metavar="DIR", help="copy each seed's trained weights here")

@@ -13,6 +13,8 @@ import argparse
 import torch
 
 from common import RESULTS, machine, print_table, run_cli, timed_steps, write_json
+from resnet5m.cli.common import batch_size_arg  # noqa: E402
+from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data import AugmentConfig, BatchLoader, build_augment, load_cifar10
 from resnet5m.models import PRESETS, build_model, count_parameters
 from resnet5m.models.summary import mult_adds_per_image
@@ -28,8 +30,8 @@ def bench(model: torch.nn.Module, loader: BatchLoader, device: torch.device, ste
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch-size", type=int, default=128)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=batch_size_arg, default=128)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")

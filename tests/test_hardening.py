@@ -700,3 +700,65 @@ def test_report_into_a_path_under_a_file_is_one_line(finished_run, capsys, tmp_p
     one_line_error(*run_cli(capsys, "report", str(finished_run), "-o", str(tmp_path / "afile" / "sub")),
                    "afile is a file, not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+# --- a third hostile review (2026-12-07): training values and the benchmark scripts -----------------------
+
+@pytest.mark.parametrize("overrides, needle", [
+    (("augment.crop.size=40",), "size 40 is larger than the padded image (32 + 2 x padding 2 = 36 px)"),
+    (("augment.blur.sigma=[0,0]",), "augment.blur.sigma: must be 0 < low <= high"),
+    (("train.resolution_schedule=[{until_epoch: 0.1, size: 8}]",), "images of 8 px"),
+])
+def test_training_values_that_would_crash_later_are_one_line(overrides, needle, capsys, tmp_path, data_env):
+    sets = [a for o in overrides for a in ("--set", o)]
+    one_line_error(*run_cli(capsys, "train", "--config", "fast", *TINY_TRAIN, *sets, "--runs-dir", str(tmp_path / "r")),
+                   needle)
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+@pytest.fixture(scope="module")
+def two_seed_run(tmp_path_factory, cifar_path) -> Path:
+    root = tmp_path_factory.mktemp("seeds")
+    assert main(["train", "--data", str(cifar_path), "--runs-dir", str(root), "--name", "s", "--seeds", "0,1",
+                 "--config", "fast", *TINY_TRAIN]) == 0
+    return root / "s"
+
+
+@pytest.mark.parametrize("seeds", ["[0, 0]", "[true]", "[]", "[1099511627776]"])
+def test_resume_checks_seeds_json_like_the_seeds_flag(seeds, two_seed_run, capsys, tmp_path, data_env):
+    import shutil
+
+    run = tmp_path / "s"
+    shutil.copytree(two_seed_run, run)
+    (run / "seeds.json").write_text(f'{{"seeds": {seeds}}}')
+    one_line_error(*run_cli(capsys, "train", "--resume", str(run)), "distinct integers from 0 to 4294967295")
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("seed")) == ["seed0", "seed1", "seeds.json"]
+
+
+def test_resume_refuses_the_flags_it_would_ignore(two_seed_run, capsys):
+    one_line_error(*run_cli(capsys, "train", "--resume", str(two_seed_run), "--blocks", "9,9", "--compile"),
+                   "drop --blocks, --compile")
+    usage_error(capsys, "train", "--resume", str(two_seed_run), "--threads", "0", needle="must be from 1 to 256, got 0")
+
+
+def test_nproc_and_inference_batch_sizes_are_bounded(weights, inputs, capsys):
+    one_line_error(*run_cli(capsys, "train", "--nproc", "1000000"), "--nproc 1000000: at most")
+    usage_error(capsys, "evaluate", str(weights), "--batch-size", "1000000000000", needle="must be from 1 to 16,384")
+    usage_error(capsys, "predict", str(weights), str(inputs), "--batch-size", "20000", needle="must be from 1 to 16,384")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (("gpu_suite.py",), "the following arguments are required: command"),
+    (("gpu_suite.py", "run", "--budget-s", "nan"), "must be a positive, finite number of seconds"),
+    (("race.py", "--table-only", "--out", "BAD"), "a JSON input is not valid JSON"),
+    (("time_to_accuracy.py", "--seeds", "5,5"), "seeds must be distinct"),
+])
+def test_benchmark_script_errors_are_one_line(argv, needle, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    script, *rest = argv
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    r = subprocess.run([sys.executable, str(bench / script), *[str(bad) if a == "BAD" else a for a in rest]],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith(f"{script}: error: "), r.stderr
+    assert needle in r.stderr, r.stderr

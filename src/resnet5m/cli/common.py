@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,23 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def int_between(low: int, high: int, what: str = "an integer") -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high`` (one line naming the value otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {short_repr(text)}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}, got {short_repr(value)}")
+        return value
+    return parse
+
+
+MAX_BATCH = 16384  # as train.batch_size and train.eval_batch_size allow
+batch_size_arg = int_between(1, MAX_BATCH, "a batch size")
 
 
 def _writable_dir(folder: Path, what: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from resnet5m.cli.common import check_output_dir, check_output_file, positive_int
+from resnet5m.cli.common import batch_size_arg, check_output_dir, check_output_file
 from resnet5m.data.cifar10 import CLASSES
 from resnet5m.data.sources import load_cifar10, load_labeled_set
 from resnet5m.errors import UserError
@@ -36,7 +36,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", "--out", dest="output",
                    help="output folder (default: RUN/evaluation or next to the weights)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=1000)
+    p.add_argument("--batch-size", type=batch_size_arg, default=1000)
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser("predict", help="predict labels for an unlabeled test set (CSV: ID,Labels)")
@@ -45,7 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="predictions.csv", help="CSV to write (default predictions.csv)")
     p.add_argument("--tta", choices=TTA_MODES, default="flip_translate")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=1000)
+    p.add_argument("--batch-size", type=batch_size_arg, default=1000)
     p.set_defaults(func=run_predict)
 
     p = sub.add_parser("export", help="export to ONNX or TorchScript (normalisation baked in)")

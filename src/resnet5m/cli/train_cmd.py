@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from resnet5m.cli.common import add_model_arguments, model_overrides, positive_int, seed_list
+from resnet5m.cli.common import add_model_arguments, int_between, model_overrides, positive_int, seed_list
 from resnet5m.data.sources import load_cifar10
 from resnet5m.errors import UserError
 from resnet5m.evaluation.inference import TTA_MODES
@@ -77,7 +78,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     g.add_argument("--precision", choices=choices(RunConfig, "precision"))
     g.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation at the end")
-    g.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    g.add_argument("--threads", type=int_between(1, 256), help="CPU threads, 1-256 (default: torch's choice)")
     g.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g.add_argument("--sync-batchnorm", action="store_true", default=None,
@@ -161,9 +162,14 @@ def run_train(args: argparse.Namespace) -> int:
 def launch(nproc: int, argv: list[str] | None = None) -> int:
     """``resnet5m train --nproc N ...``: the same command under torchrun's launcher with N local processes.
     Rank 0 reports any failure in one line; the launcher's own failure report is not repeated."""
+    import torch
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    limit = max(os.cpu_count() or 1, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if nproc > limit:  # each process is a full training process (and torchrun writes files per process)
+        raise UserError(f"--nproc {nproc}: at most {limit} on this machine (its CPU cores or GPUs, whichever "
+                        "is more)")
     rest, skip = [], False
     for a in (sys.argv[1:] if argv is None else argv):
         if skip:
@@ -196,6 +202,9 @@ def _resume(run_dir: Path, args: argparse.Namespace, progress: bool, d: distribu
              if f not in runtime and getattr(args, f, None) is not None
              and not (f == "budget" and args.budget == RunConfig.model_fields["budget"].default)]
     given += (["--set"] if args.overrides else []) + (["--seeds"] if args.seeds else [])
+    given += [f"--{k.replace('_', '-')}" for k in model_overrides(args)]  # the model is the saved one
+    given += [f"--{f.replace('_', '-')}" for f in ("deterministic", "compile", "sync_batchnorm", "allow_over_budget")
+              if getattr(args, f, None)]
     if given and check_flags:
         raise UserError(f"--resume continues a run with its saved config; drop {', '.join(given)}")
     cfg_file = run_dir / rundir.CONFIG

@@ -16,7 +16,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from resnet5m.data.cifar10 import CIFAR10_MEAN
 from resnet5m.util.validation import StrictModel
@@ -227,6 +227,13 @@ class CropConfig(StrictModel):
     mode: str = Field("reflect", pattern="^(reflect|zero)$")
     size: int | None = Field(None, ge=8, le=64, description="crop size; default = image size")
 
+    @model_validator(mode="after")
+    def _fits(self) -> CropConfig:
+        if self.size is not None and self.size > 32 + 2 * self.padding:  # CIFAR-10's 32 px, padded on both sides
+            raise ValueError(f"size {self.size} is larger than the padded image (32 + 2 x padding {self.padding} = "
+                             f"{32 + 2 * self.padding} px)")
+        return self
+
 
 class ResizedCropConfig(StrictModel):
     scale: tuple[float, float] = (0.35, 1.0)
@@ -271,6 +278,13 @@ class BlurConfig(StrictModel):
     kernel_size: int = Field(3, ge=3, le=9)
     sigma: tuple[float, float] = (0.1, 2.0)
     p: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("sigma")
+    @classmethod
+    def _positive_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"must be 0 < low <= high, got {v}")
+        return v
 
     @field_validator("kernel_size")
     @classmethod

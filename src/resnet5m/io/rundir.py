@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from resnet5m.errors import UserError
 from resnet5m.io.atomic import atomic_write_text
+from resnet5m.util.validation import MAX_SEED
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -192,8 +193,9 @@ def write_seeds(run_dir: Path, seeds: list[int]) -> None:
 def read_seeds(run_dir: Path) -> list[int]:
     data = read_json(Path(run_dir) / SEEDS, "not a multi-seed run")
     seeds = data.get("seeds") if isinstance(data, dict) else None
-    if not isinstance(seeds, list) or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise UserError(f"{run_dir}/{SEEDS}: expected {{\"seeds\": [non-negative integers]}}")
+    if (not isinstance(seeds, list) or not seeds or not all(type(s) is int and 0 <= s <= MAX_SEED for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise UserError(f"{run_dir}/{SEEDS}: expected {{\"seeds\": [distinct integers from 0 to {MAX_SEED}]}}")
     return seeds
 
 

@@ -78,9 +78,28 @@ def make_splits(cfg: RunConfig, data: Cifar10, device: torch.device) -> Splits:
                   data.train_images[val_idx], data.train_labels[val_idx])
 
 
+def check_input_sizes(cfg: RunConfig) -> None:
+    """Every image size the run feeds the model (its resolution schedule's, its crop's, the full 32 px) must
+    pass through it: checked on the meta device (no memory, no time), so a size the model's pooling cannot
+    take is a one-line error before training, not a crash in its first epoch."""
+    crop = cfg.augment.crop.size if cfg.augment.crop is not None and cfg.augment.crop.size else 32
+    sizes = sorted({32, crop, *(s.size for s in cfg.train.resolution_schedule)})
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+        for size in sizes:
+            try:
+                model(torch.empty(2, 3, size, size))
+            except RuntimeError:
+                ok = [s for s in (12, 16, 24, 32) if s > size]
+                raise UserError(f"images of {size} px (train.resolution_schedule or augment.crop.size) are too "
+                                f"small for this model ({cfg.model.family}): its pooling leaves nothing; use larger "
+                                f"sizes, e.g. {ok[0] if ok else 32}") from None
+
+
 def build_network(cfg: RunConfig, device: torch.device, init_images: torch.Tensor | None) -> nn.Module:
     check_budget_before_building(lambda: build_model(cfg.model), cfg.budget, cfg.allow_over_budget,
                                  name=f"model ({cfg.model.family})")
+    check_input_sizes(cfg)
     model = build_model(cfg.model)
     model = model.to(device)
     if cfg.channels_last:
