@@ -744,7 +744,8 @@ def test_resume_refuses_the_flags_it_would_ignore(two_seed_run, capsys):
 def test_nproc_and_inference_batch_sizes_are_bounded(weights, inputs, capsys):
     one_line_error(*run_cli(capsys, "train", "--nproc", "1000000"), "--nproc 1000000: at most")
     usage_error(capsys, "evaluate", str(weights), "--batch-size", "1000000000000", needle="must be from 1 to 16,384")
-    usage_error(capsys, "predict", str(weights), str(inputs), "--batch-size", "20000", needle="must be from 1 to 16,384")
+    usage_error(capsys, "predict", str(weights), str(inputs), "--batch-size", "20000",
+                needle="must be from 1 to 16,384")
 
 
 @pytest.mark.parametrize("argv, needle", [
