@@ -342,6 +342,7 @@ def _damage_checkpoint(run: Path, how: str) -> None:
 @pytest.mark.parametrize("how, needle", [
     ("missing", "missing optimizers"), ("shape", "does not match this run's config"), ("loop", "loop.epoch"),
     ("garbage", "unreadable checkpoint"), ("config", "config.yaml"), ("metrics", "damaged"),
+    ("shorter", "its checkpoint has 4 steps done, more than the 2 its config.yaml plans"),
 ])
 def test_damaged_resume_state_is_one_line(how, needle, interrupted_run, capsys, data_env):
     run = interrupted_run
@@ -351,6 +352,12 @@ def test_damaged_resume_state_is_one_line(how, needle, interrupted_run, capsys, 
         (run / "config.yaml").write_text("train: {epochs: [\n")
     elif how == "metrics":
         (run / "metrics.jsonl").write_text("{not json\n" + (run / "metrics.jsonl").read_text())
+    elif how == "shorter":  # config.yaml edited to fewer steps than the checkpoint has done
+        import yaml
+
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["train"]["epochs"] = 0.5
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     else:
         _damage_checkpoint(run, how)
     one_line_error(*run_cli(capsys, "train", "--resume", str(run), "--no-progress"), needle)

@@ -354,6 +354,10 @@ class Trainer:
         checkpoint is written (e.g. a search reports it; an exception it raises stops the run there)."""
         if resume:
             self.load_checkpoint()
+            if self.state.step > self.total_steps:  # config.yaml edited after the checkpoint: refuse, not mislabel
+                raise UserError(f"{self.run_dir}: its checkpoint has {self.state.step} steps done, more than the "
+                                f"{self.total_steps} its {rundir.CONFIG} plans (train.epochs "
+                                f"{self.cfg.train.epochs:g}); was the config edited? refused")
             self.out(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, batch {self.state.batch}")
         s, patience = self.state, self.cfg.train.early_stopping_patience
         with self.stop.installed():
