@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from resnet5m.errors import UserError
-from resnet5m.io.atomic import atomic_path
+from resnet5m.io.atomic import atomic_path, removing_new_folders
 
 FORMATS = ("onnx", "torchscript")
 
@@ -75,17 +75,13 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, check
         raise UserError(f"the model's outputs are not finite (NaN or inf) for {int((~np.isfinite(ref)).any(1).sum())} "
                         f"of {len(ref)} test images; not exported")
     staged = path.with_name(f".{path.name}.unchecked")
-    created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # deepest first
-    try:
-        (export_onnx if fmt == "onnx" else export_torchscript)(model, staged)
-        diff = float(np.abs(run_exported(staged, fmt, x) - ref).max())
-        if not diff < tolerance:
-            raise UserError(f"exported model differs from PyTorch by {diff:.2e} (>= {tolerance:g}); not written")
-        os.replace(staged, path)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        for d in created:  # the folders this export made, so a failed one leaves nothing behind
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise
+    with removing_new_folders(path.parent):
+        try:
+            (export_onnx if fmt == "onnx" else export_torchscript)(model, staged)
+            diff = float(np.abs(run_exported(staged, fmt, x) - ref).max())
+            if not diff < tolerance:
+                raise UserError(f"exported model differs from PyTorch by {diff:.2e} (>= {tolerance:g}); not written")
+            os.replace(staged, path)
+        finally:
+            staged.unlink(missing_ok=True)
     return diff

@@ -35,6 +35,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def removing_new_folders(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """On any exception in the block, remove ``folder`` and those of its parents that did not exist before it
+    (if still empty), so a failed command leaves no folders it made for its output."""
+    created = [d for d in (Path(folder), *Path(folder).parents) if not d.exists()]  # deepest first
+    try:
+        yield
+    except BaseException:
+        for d in created:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -4,7 +4,6 @@ over one or more runs, multi-seed runs or a study."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv
 import html
 import io
@@ -22,7 +21,7 @@ import yaml
 from resnet5m.data.cifar10 import CLASSES
 from resnet5m.errors import UserError
 from resnet5m.io import rundir
-from resnet5m.io.atomic import atomic_write_text
+from resnet5m.io.atomic import atomic_write_text, removing_new_folders
 from resnet5m.io.yamlfile import read_yaml
 from resnet5m.reporting.plots import confusion_heatmap, overlay_curves, run_curves
 from resnet5m.reporting.search_report import build_search_report, is_search_dir
@@ -191,29 +190,24 @@ def build_report(paths: list[str | Path], out_dir: str | Path, storage: str | No
     ``out_dir`` and moved in only when complete: a damaged input leaves nothing behind (not even the folders
     made for it). ``storage``: a search study's Optuna storage URL (see :func:`load_records`)."""
     out = Path(out_dir)
-    created = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with removing_new_folders(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
         try:
-            with warnings.catch_warnings():  # e.g. matplotlib on an empty legend: the one line is the error
-                warnings.simplefilter("ignore", UserWarning)
-                _build_report(paths, staging, storage)
-        except DAMAGED as exc:
-            detail = str(exc).splitlines()[0][:120] if str(exc) else ""
-            raise UserError(f"report of {', '.join(map(str, paths))}: damaged or foreign run files "
-                            f"({type(exc).__name__}{': ' + detail if detail else ''}); nothing written") from None
-        for f in sorted(p for p in staging.rglob("*") if p.is_file()):
-            target = out / f.relative_to(staging)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(f, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for d in created:
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
+            try:
+                with warnings.catch_warnings():  # e.g. matplotlib on an empty legend: the one line is the error
+                    warnings.simplefilter("ignore", UserWarning)
+                    _build_report(paths, staging, storage)
+            except DAMAGED as exc:
+                detail = str(exc).splitlines()[0][:120] if str(exc) else ""
+                raise UserError(f"report of {', '.join(map(str, paths))}: damaged or foreign run files "
+                                f"({type(exc).__name__}{': ' + detail if detail else ''}); nothing written") from None
+            for f in sorted(p for p in staging.rglob("*") if p.is_file()):
+                target = out / f.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(f, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
