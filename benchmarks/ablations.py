@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import RESULTS, print_table, run_cli, write_json
+from common import RESULTS, print_table, reading_results, run_cli, write_json
 from resnet5m.cli.common import seed_list  # noqa: E402
 from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.errors import UserError
@@ -55,7 +55,9 @@ def run_variant(name: str, seeds: list[int], folder: Path) -> None:
            "--out", str(folder / f"{name}.json")]
     for o in PROTOCOL + LENGTH + VARIANTS[name][1]:
         cmd += ["--set", o]
-    subprocess.run(cmd, check=True)
+    code = subprocess.run(cmd).returncode
+    if code:  # the child printed its own one-line reason; its finished seeds are kept in its --out
+        raise UserError(f"variant {name}: time_to_accuracy.py exited {code}; the variants after it were not run")
 
 
 def accuracies(doc: dict) -> dict[int, float]:
@@ -63,7 +65,14 @@ def accuracies(doc: dict) -> dict[int, float]:
 
 
 def table(folder: Path) -> None:
-    docs = {n: json.loads((folder / f"{n}.json").read_text()) for n in VARIANTS if (folder / f"{n}.json").exists()}
+    if not any((folder / f"{n}.json").exists() for n in VARIANTS):
+        raise UserError(f"--dir {folder}: no variant results in it (looked for {', '.join(VARIANTS)} .json)")
+    with reading_results(folder):
+        tabulate(folder, {n: json.loads((folder / f"{n}.json").read_text()) for n in VARIANTS
+                          if (folder / f"{n}.json").exists()})
+
+
+def tabulate(folder: Path, docs: dict[str, dict]) -> None:
     base = accuracies(docs["baseline"]) if "baseline" in docs else {}
     rows, out = [], {}
     for name, doc in docs.items():

@@ -7,12 +7,14 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from resnet5m.errors import UserError
 from resnet5m.io.rundir import write_json as write_json_file
 from resnet5m.training.loop import StepParts, train_step
 from resnet5m.training.losses import make_loss
@@ -112,6 +114,22 @@ def timed_steps(model: torch.nn.Module, opts: list, batches, steps: int, warmup:
     return {"images_per_s": images / total, "data_share": data_time / total, "images": images}
 
 
+@contextmanager
+def reading_results(path: Path | str) -> Iterator[None]:
+    """Around the code that interprets a results file a user named (``--merge``, ``--table-only``,
+    ``--compare``, an existing ``--out`` to continue): valid JSON of another shape (another script's file, a
+    list, a field missing) is one line naming the file and the first thing missing, not a traceback."""
+    import json
+
+    try:
+        yield
+    except json.JSONDecodeError:
+        raise
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:
+        what = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:80] if str(exc) else ""
+        raise UserError(f"{path}: not a results file of this script ({type(exc).__name__}: {what})") from None
+
+
 def run_cli(main: Callable[[], None]) -> None:
     """Run a script's ``main()`` as the CLI does: an expected failure (a bad value, a missing file) is one line
     on stderr naming it, exit 2, no traceback; Ctrl-C or SIGTERM is one line and exit 130 (results already
@@ -119,7 +137,6 @@ def run_cli(main: Callable[[], None]) -> None:
     import json
 
     from resnet5m.cli.main import one_line, os_error_line
-    from resnet5m.errors import UserError
     from resnet5m.training.checkpoint import TrainingInterrupted
 
     name = Path(sys.argv[0]).name

@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, run_cli, write_json  # noqa: E402
+from common import machine, reading_results, run_cli, write_json  # noqa: E402
 from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.errors import UserError  # noqa: E402
 from resnet5m.io import rundir  # noqa: E402
@@ -475,8 +475,15 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every run (its compile time then falls inside the first epoch's time)")
     args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    {"plan": cmd_plan, "run": cmd_run, "table": table}[args.command](args)
+    if args.command == "run":  # every step's config (with --set) is valid before anything is written
+        for step in steps(args.tiny, args.plan):
+            config_of(step, args.tiny, args.device, args.compile or step.compile, (*step.overrides, *args.set))
+        args.out.mkdir(parents=True, exist_ok=True)
+        return cmd_run(args)
+    if args.command == "table" and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: no such folder (nothing has been run into it)")
+    with reading_results(args.out):  # results files of another shape: one line naming the folder
+        {"plan": cmd_plan, "table": table}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ sys.path.insert(0, str(HERE))
 from common import machine, run_cli  # noqa: E402
 from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data.cifar10 import Cifar10  # noqa: E402
+from resnet5m.errors import UserError  # noqa: E402
 from resnet5m.runtime.device import resolve_device  # noqa: E402
 from resnet5m.training.config import build_config  # noqa: E402
 from resnet5m.training.recipes import resolve_recipe  # noqa: E402
@@ -63,6 +64,12 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     p.add_argument("--out", type=Path, default=Path("."))
     args = p.parse_args()
+    for value, flag, most in ((args.images, "--images", 1_000_000), (args.rows, "--rows", 10_000)):
+        if not 1 <= value <= most:
+            raise UserError(f"{flag} {value}: must be 1..{most:,}")
+    if not 0 < args.epochs <= 100:
+        raise UserError(f"--epochs {args.epochs:g}: must be in (0, 100]")
+    build_config(resolve_recipe(args.recipe), [f"device={args.device}", *args.set])  # valid before writing
     args.out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     data = synthetic(args.images)

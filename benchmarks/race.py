@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from common import RESULTS, machine, measure_peak_flops, print_table, run_cli, write_json
+from common import RESULTS, machine, measure_peak_flops, print_table, reading_results, run_cli, write_json
 from resnet5m.cli.common import positive_int, seed_list
 from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data import Cifar10, load_cifar10
@@ -115,7 +115,8 @@ def main() -> None:
     if args.probe_size < 1:
         raise UserError(f"--probe-size {args.probe_size}: must be at least 1")
     if args.table_only:
-        return report(json.loads(args.out.read_text()))
+        with reading_results(args.out):
+            return report(json.loads(args.out.read_text()))
     tune_glibc_malloc()
     cfg_a, cfg_b = (build_config(resolve_recipe(r), args.overrides) for r in (args.a, args.b))
     for cfg in (cfg_a, cfg_b):
@@ -132,11 +133,14 @@ def main() -> None:
                     "warm-up before each run, checkpoints, evaluation",
            "test_slice": args.test_slice, "pairs": []}
     if args.out.exists():
-        old = json.loads(args.out.read_text())
-        if recipe_of(old) != recipe_of(doc):
-            raise UserError(f"{args.out} holds a race of other configs; choose another --out")
-        doc["pairs"] = old["pairs"]
-    done = {pair["seed"] for pair in doc["pairs"]}
+        with reading_results(args.out):
+            old = json.loads(args.out.read_text())
+            if recipe_of(old) != recipe_of(doc):
+                raise UserError(f"{args.out} holds a race of other configs; choose another --out")
+            doc["pairs"] = list(old["pairs"])
+            done = {pair["seed"] for pair in doc["pairs"]}
+    else:
+        done = set()
     for seed in args.seeds:
         if seed in done:
             print(f"seed {seed}: already raced, skipped")

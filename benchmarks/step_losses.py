@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import machine, run_cli, write_json
+from common import machine, reading_results, run_cli, write_json
 from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data import load_cifar10
 from resnet5m.runtime import tune_glibc_malloc
@@ -85,7 +85,8 @@ def main() -> None:
     p.add_argument("--compare", type=Path, nargs=2, metavar="JSON")
     args = p.parse_args()
     if args.compare:
-        return compare(*args.compare)
+        with reading_results(" / ".join(map(str, args.compare))):
+            return compare(*args.compare)
     tune_glibc_malloc()
     torch.set_num_threads(2)
     data = load_cifar10()

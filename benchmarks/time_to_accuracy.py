@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from common import RESULTS, machine, measure_peak_flops, print_table, run_cli, sync, write_json
+from common import RESULTS, machine, measure_peak_flops, print_table, reading_results, run_cli, sync, write_json
 from resnet5m.cli.common import seed_list
 from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data import load_cifar10
@@ -127,27 +127,37 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def report(doc: dict[str, Any]) -> None:
+def report(doc: dict[str, Any], quiet: bool = False) -> None:
+    """The per-seed table and the mean line (every field read before anything is printed; ``quiet``: read only)."""
     results = doc["results"]
     where = " and ".join(doc["summary"]["scored_on"])
     rows = [[r["seed"], f"{r['acc'] * 100:.2f}", f"{r['acc_no_tta'] * 100:.2f}", f"{r['train_s']:.1f}",
              f"{r['tta_s']:.1f}", f"{r['images_per_s']:.0f}", f"{r['data_share'] * 100:.1f}%",
              f"{r['train_flops'] / r['loop_s'] / doc['peak_flops'] * 100:.0f}%", r["machine"]["cpu"][:24],
              r["machine"]["date"][:10], r["machine"]["commit"]] for r in results]
-    print_table(["seed", f"{where} acc % (TTA)", "no TTA %", "train s", "TTA s", "img/s", "aug share", "% of peak",
-                 "cpu", "date", "commit"], rows)
     s = doc["summary"]
-    print(f"\nmean ± std (standard error) over {s['n']} seeds, scored on {where}: "
-          f"{s['acc']['mean'] * 100:.2f} ± {s['acc']['std'] * 100:.2f} ({s['acc']['se'] * 100:.2f}) % with TTA, "
-          f"{s['acc_no_tta']['mean'] * 100:.2f} ± {s['acc_no_tta']['std'] * 100:.2f} % without; training "
-          f"{s['train_s']['mean']:.1f} ± {s['train_s']['std']:.1f} s, TTA {s['tta_s']['mean']:.1f} s")
+    line = (f"\nmean ± std (standard error) over {s['n']} seeds, scored on {where}: "
+            f"{s['acc']['mean'] * 100:.2f} ± {s['acc']['std'] * 100:.2f} ({s['acc']['se'] * 100:.2f}) % with TTA, "
+            f"{s['acc_no_tta']['mean'] * 100:.2f} ± {s['acc_no_tta']['std'] * 100:.2f} % without; training "
+            f"{s['train_s']['mean']:.1f} ± {s['train_s']['std']:.1f} s, TTA {s['tta_s']['mean']:.1f} s")
+    if not quiet:
+        print_table(["seed", f"{where} acc % (TTA)", "no TTA %", "train s", "TTA s", "img/s", "aug share",
+                     "% of peak", "cpu", "date", "commit"], rows)
+        print(line)
 
 
 def merge(paths: list[Path], out: Path) -> None:
-    docs = [json.loads(p.read_text()) for p in paths]
-    configs = {json.dumps(d["config"], sort_keys=True) for d in docs}
-    if len(configs) != 1:
+    docs = []
+    for p in paths:
+        with reading_results(p):
+            docs.append(json.loads(p.read_text()))
+            docs[-1]["config"]  # noqa: B018 (read here, so a file without it is named)
+    if len({json.dumps(d["config"], sort_keys=True) for d in docs}) != 1:
         raise UserError("the files were made with different configs; not merging")
+    for p, d in zip(paths, docs):  # each file's whole shape, so a wrong one is named and nothing is written
+        with reading_results(p):
+            d["overrides"]  # noqa: B018
+            report({**d, "summary": summarize(d["results"])}, quiet=True)
     results = [r for d in docs for r in d["results"]]
     seeds = [r["seed"] for r in results]
     if len(set(seeds)) != len(seeds):
@@ -181,11 +191,14 @@ def main() -> None:
            "clock": "training loop + per-run model set-up incl. whitening init; excludes data loading, one-off "
                     "warm-up/compile, checkpoints, evaluation", "results": []}
     if out.exists():  # continue an interrupted benchmark of the same config
-        old = json.loads(out.read_text())
-        if old["config"] != doc["config"]:
-            raise UserError(f"{out} holds results of a different config; choose another --out")
-        doc["results"] = old["results"]
-    done = {r["seed"] for r in doc["results"]}
+        with reading_results(out):
+            old = json.loads(out.read_text())
+            if old["config"] != doc["config"]:
+                raise UserError(f"{out} holds results of a different config; choose another --out")
+            doc["results"] = list(old["results"])
+            done = {r["seed"] for r in doc["results"]}
+    else:
+        done = set()
     doc["peak_flops"] = measure_peak_flops(device, dtype=torch.float32 if device.type == "cpu" else torch.bfloat16)
     doc["warmup_s"] = warm_up(cfg, data)
     for seed in args.seeds:

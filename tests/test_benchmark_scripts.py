@@ -32,10 +32,21 @@ def _two_results(tmp_path: Path) -> list[str]:
     ("race.py", ["--probe-size", "0"], "--probe-size 0: must be at least 1"),
     ("time_to_accuracy.py", ["--merge", "{tmp}/none.json", "--out", "{tmp}/m.json"], "none.json: No such file"),
     ("time_to_accuracy.py", ["--merge", "A", "B", "--out", "{tmp}/m.json"], "different configs; not merging"),
+    # valid JSON of another shape, and settings checked before --out is made (2026-12-08)
+    ("time_to_accuracy.py", ["--merge", "A", "LIST", "--out", "{tmp}/m.json"], "list.json: not a results file"),
+    ("time_to_accuracy.py", ["--merge", "A", "A", "--out", "{tmp}/m.json"], "a.json: not a results file"),
+    ("time_to_accuracy.py", ["--out", "LIST", "--set", "train.epochs=0.01"], "list.json: not a results file"),
+    ("race.py", ["--table-only", "--out", "LIST"], "list.json: not a results file of this script"),
+    ("step_losses.py", ["--compare", "LIST", "A"], "not a results file of this script"),
+    ("ablations.py", ["--table-only", "--dir", "{tmp}"], "no variant results in it"),
+    ("gpu_suite.py", ["table", "--out", "{tmp}/m.json"], "no such folder"),
+    ("gpu_suite.py", ["run", "--tiny", "--set", "optimizer.lr=-1", "--out", "{tmp}/m.json"], "optimizer.lr"),
+    ("profile_step.py", ["--images", "0", "--out", "{tmp}/m.json"], "--images 0: must be 1..1,000,000"),
 ])
 def test_benchmark_errors_are_one_line(tmp_path, script, args, message):
     a, b = _two_results(tmp_path)
-    args = [{"A": a, "B": b}.get(x, x.format(tmp=tmp_path)) for x in args]
+    (tmp_path / "list.json").write_text("[1, 2]")
+    args = [{"A": a, "B": b, "LIST": str(tmp_path / "list.json")}.get(x, x.format(tmp=tmp_path)) for x in args]
     r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300, cwd=BENCH)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert r.stderr.startswith(f"{script}: error: ") and r.stderr.count("\n") == 1, r.stderr

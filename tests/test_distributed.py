@@ -154,7 +154,10 @@ def test_errors_are_one_line_from_rank_zero(runs, args, wrapper, message):
 
 def test_nproc_shortcut_gives_exactly_one_line(runs):
     root = runs["root"]
+    tmp = root / "tmpdir"  # where torchrun's per-launch files would stay (/tmp/torchelastic_*): removed
+    tmp.mkdir()
     r = subprocess.run([sys.executable, "-m", "resnet5m", "train", "--nproc", "2", "--config", str(root / "c.yaml"),
                         "--runs-dir", str(root / "err2"), "--set", "train.batch_size=99"], capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp)})
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not divisible by the 2 processes" in r.stderr, r.stderr
+    assert not [p for p in tmp.iterdir() if p.name.startswith(("torchelastic", "resnet5m-"))], list(tmp.iterdir())

@@ -336,13 +336,19 @@ def _damage_checkpoint(run: Path, how: str) -> None:
         state["model"][key] = torch.zeros(3, 3)
     elif how == "loop":
         state["loop"]["epoch"] = "one"
+    elif how == "recorded":
+        state["config"] = "[1, 2"
     torch.save(state, run / "resume.pt")
 
 
 @pytest.mark.parametrize("how, needle", [
     ("missing", "missing optimizers"), ("shape", "does not match this run's config"), ("loop", "loop.epoch"),
     ("garbage", "unreadable checkpoint"), ("config", "config.yaml"), ("metrics", "damaged"),
-    ("shorter", "its checkpoint has 4 steps done, more than the 2 its config.yaml plans"),
+    ("shorter", "train.epochs was 2.0 at the checkpoint, is now 0.5"),
+    ("shorter-old", "its checkpoint has 4 steps done, more than the 2 its config.yaml plans"),
+    ("lr", "optimizer.lr was 0.05 at the checkpoint, is now 0.1"),
+    ("ema", "train.ema was None at the checkpoint, is now"),
+    ("recorded", "its recorded config is not resnet5m's"),
 ])
 def test_damaged_resume_state_is_one_line(how, needle, interrupted_run, capsys, data_env):
     run = interrupted_run
@@ -352,16 +358,37 @@ def test_damaged_resume_state_is_one_line(how, needle, interrupted_run, capsys, 
         (run / "config.yaml").write_text("train: {epochs: [\n")
     elif how == "metrics":
         (run / "metrics.jsonl").write_text("{not json\n" + (run / "metrics.jsonl").read_text())
-    elif how == "shorter":  # config.yaml edited to fewer steps than the checkpoint has done
+    elif how in ("shorter", "shorter-old", "lr", "ema"):  # config.yaml edited after the checkpoint was saved
         import yaml
 
         cfg = yaml.safe_load((run / "config.yaml").read_text())
-        cfg["train"]["epochs"] = 0.5
+        if how == "lr":
+            cfg["optimizer"]["lr"] = 0.1
+        elif how == "ema":
+            cfg["train"]["ema"] = {"decay": 0.99}
+        else:
+            cfg["train"]["epochs"] = 0.5
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        if how == "shorter-old":  # a checkpoint from before the config was recorded: the step count still guards
+            state = torch.load(run / "resume.pt", weights_only=True)
+            del state["config"]
+            torch.save(state, run / "resume.pt")
     else:
         _damage_checkpoint(run, how)
     one_line_error(*run_cli(capsys, "train", "--resume", str(run), "--no-progress"), needle)
     assert not (run / "results.json").exists()
+
+
+def test_resume_accepts_edits_that_do_not_change_the_result(interrupted_run, tmp_path, data_env):
+    """Labels, the device and the thread count may change between the processes; the result is the same."""
+    import yaml
+
+    run = interrupted_run
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg.update(description="edited label", device="cpu", threads=1, name="renamed")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert (run / "results.json").exists()
 
 
 def test_torn_last_metrics_line_is_tolerated_on_resume(interrupted_run, capsys, data_env):

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -180,11 +181,14 @@ def launch(nproc: int, argv: list[str] | None = None) -> int:
             rest.append(a)
     for name in ("torch.distributed.run", "torch.distributed.elastic"):  # rank 0 speaks; the launcher need not
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        run(parse_args(["--nproc-per-node", str(nproc), "--standalone", "-m", "resnet5m", *rest]))
-    except ChildFailedError as exc:
-        codes = sorted((f.local_rank, f.exitcode) for f in exc.failures.values())
-        return next((code for _, code in codes if code > 0), 1)  # a rank's own exit code, not a SIGTERM
+    # torchrun's per-launch files (its log and error files) go to a folder removed when the launch ends
+    with tempfile.TemporaryDirectory(prefix="resnet5m-torchrun-") as logs:
+        try:
+            run(parse_args(["--nproc-per-node", str(nproc), "--standalone", "--log-dir", logs, "-m", "resnet5m",
+                            *rest]))
+        except ChildFailedError as exc:
+            codes = sorted((f.local_rank, f.exitcode) for f in exc.failures.values())
+            return next((code for _, code in codes if code > 0), 1)  # a rank's own exit code, not a SIGTERM
     return 0
 
 

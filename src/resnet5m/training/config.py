@@ -360,6 +360,35 @@ def config_to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+# What may differ between the process that saved a checkpoint and the one that resumes it: labels, where the
+# data and the device are, how many threads. Every other key decides the result, so a resume checks it unchanged.
+RESUME_FREE_KEYS = ("name", "description", "claimed", "reported", "measured", "shortened", "device", "threads",
+                    "data.path", "data.download")
+
+
+def resume_fingerprint(cfg: RunConfig) -> dict[str, Any]:
+    """The config a checkpoint records and a resume must match: all of it but :data:`RESUME_FREE_KEYS`."""
+    out = cfg.model_dump(mode="json")
+    for key in RESUME_FREE_KEYS:
+        *parents, last = key.split(".")
+        node = out
+        for p in parents:
+            node = node[p]
+        node.pop(last, None)
+    return out
+
+
+def first_difference(saved: Any, now: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted key whose value differs between two config dumps, with both values (None if equal)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for k in [*saved, *(k for k in now if k not in saved)]:
+            found = first_difference(saved.get(k), now.get(k), f"{prefix}{k}.")
+            if found:
+                return found
+        return None
+    return None if saved == now else (prefix.rstrip("."), saved, now)
+
+
 def shortening_note(recipe: RunConfig, cfg: RunConfig) -> str | None:
     """'shortened: epochs=2 of 300, train_subset=5000, val_size=2000 of 5000' when ``cfg`` trains less than its
     recipe or on a different split, so that reports never pass a quick run off as the recipe."""

@@ -6,6 +6,7 @@ split; the test set is not touched here (``run.py`` evaluates it once, after tra
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from resnet5m.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from resnet5m.training.config import RunConfig
+from resnet5m.training.config import RunConfig, first_difference, resume_fingerprint
 from resnet5m.training.ema import WeightAverage
 from resnet5m.training.loop import LoopState, Meter, StepLog, StepParts, train_epoch
 from resnet5m.training.losses import make_loss
@@ -134,6 +135,25 @@ def _loop_state(loop: Any, where: Path) -> LoopState:
         if not isinstance(value, _LOOP_TYPES[name]) or (value is True or value is False) != (name == "stopped_early"):
             raise UserError(f"{where}: damaged checkpoint (loop.{name} = {str(value)[:40]})")
     return LoopState(**loop)
+
+
+def check_same_config(saved: Any, cfg: RunConfig, where: Path) -> None:
+    """A resume continues the config its checkpoint was saved with: an edit to config.yaml since (more
+    epochs, another lr, EMA added) would silently mix two recipes in one result, so it is refused, naming
+    the first changed key. Checkpoints from before the config was recorded (no ``config``) are accepted."""
+    if saved is None:
+        return
+    try:
+        saved = json.loads(saved) if isinstance(saved, str) and len(saved) < 1_000_000 else None
+    except json.JSONDecodeError:
+        saved = None
+    if not isinstance(saved, dict):
+        raise UserError(f"{where}: damaged checkpoint (its recorded config is not resnet5m's)")
+    diff = first_difference(saved, resume_fingerprint(cfg))
+    if diff:
+        key, old, new = diff
+        raise UserError(f"{where.parent / rundir.CONFIG}: {key} was {str(old)[:40]} at the checkpoint, is now "
+                        f"{str(new)[:40]}; --resume continues a run's own config (a new config is a new run)")
 
 
 def check_distributable(cfg: RunConfig, dist: Dist) -> None:
@@ -235,12 +255,14 @@ class Trainer:
             "optimizers": [o.state_dict() for o in self.optimizers], "schedule": self.schedule.state_dict(),
             "average": self.average.state_dict() if self.average else None,
             "scaler": self.parts.scaler.state_dict(), "rng": rng_state(self.device),
+            "config": json.dumps(resume_fingerprint(self.cfg), sort_keys=True),
             **({"proxy": self.proxy.state_dict()} if self.proxy is not None else {})})
 
     def load_checkpoint(self) -> None:
         path = self.run_dir / rundir.RESUME
         ck = load_checkpoint(path)
         state = _loop_state(ck["loop"], path)
+        check_same_config(ck.get("config"), self.cfg, path)
         try:
             self.model.load_state_dict(ck["model"])
             for opt, sd in zip(self.optimizers, ck["optimizers"], strict=True):
