@@ -399,13 +399,14 @@ def test_torn_last_metrics_line_is_tolerated_on_resume(interrupted_run, capsys, 
     assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2]
 
 
-def test_one_writer_per_run_directory(interrupted_run, data_env):
-    run = interrupted_run
-    cfg = (run / "config.yaml").read_text().replace("epochs: 2.0", "epochs: 60.0")
-    (run / "config.yaml").write_text(cfg)  # long enough to still be running when the second one starts
+def test_one_writer_per_run_directory(tmp_path, data_env):
+    (tmp_path / "c.yaml").write_text(SMALL_RUN.replace("epochs: 2", "epochs: 60"))  # still running at the second
+    run = tmp_path / "runs" / "r"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "resnet5m.cli.main", "train", "--resume", str(run), "--no-progress", "--threads", "1"]
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = subprocess.Popen([*args[:4], "--config", str(tmp_path / "c.yaml"), "--runs-dir", str(tmp_path / "runs"),
+                              "--name", "r", *args[6:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not ((run / ".lock").exists() and b"pid" in (run / ".lock").read_bytes()):
