@@ -87,3 +87,6 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Never touch the user's real cache or download anything by accident."""
     monkeypatch.setenv("RESNET5M_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # a run with `threads: N` in its config sets it for the whole process

@@ -146,7 +146,8 @@ def test_bf16_autocast_on_cpu(cifar, tmp_path):
     t.fit()
     assert (True, torch.bfloat16) in seen and (False, torch.bfloat16) in seen  # training and validation
     rows = rundir.read_metrics(run)
-    assert rows[-1]["val_acc"] > 0.2 and all(math.isfinite(r["train_loss"]) for r in rows)
+    # it learns: 0.198-0.200 measured (1 or 2 threads, 2026-12-08); chance is 0.10 (SD 0.013 on 500 images)
+    assert rows[-1]["val_acc"] > 0.17 and all(math.isfinite(r["train_loss"]) for r in rows)
 
 
 def test_torch_compile_on_cpu(cifar, tmp_path):

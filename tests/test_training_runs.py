@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 
 from resnet5m.cli.main import main
 from resnet5m.data.cifar10 import Cifar10
+from resnet5m.errors import UserError
 from resnet5m.io.rundir import read_metrics
+from resnet5m.models.registry import build_model, parse_model_config
 from resnet5m.training import NonFiniteLoss, Trainer, build_config, train_run
 
 TINY = {
@@ -338,3 +340,30 @@ def test_wall_time_is_carried_across_a_resume(cifar, tmp_path):
     second.load_checkpoint()
     assert second.state.wall_time_s >= 1000.0
     assert second.wall_time() >= second.state.wall_time_s
+
+
+def test_init_from_starts_a_new_run_from_saved_weights(cifar, tmp_path, capsys, data_env):
+    """--init-from: the new run starts from the weights (fine-tuning, or training on with a new schedule),
+    with a fresh optimizer and step count; --resume refuses a changed config and names this way out."""
+    from resnet5m.models.weights import load_weights_into
+
+    first = build_config(str(write_cfg(tmp_path / "a.yaml", TINY, train__epochs=1, data__train_subset=1000)))
+    (tmp_path / "a").mkdir()
+    before = train_run(first, cifar, tmp_path / "a", progress=False)
+    new = build_config(str(write_cfg(tmp_path / "b.yaml", TINY, train__epochs=1, data__train_subset=1000,
+                                     optimizer__lr=1e-9, train__init_from=str(tmp_path / "a"))))
+    t = Trainer(new, cifar, tmp_path / "probe", out=lambda s: None, progress=False)
+    saved = load_file(str(tmp_path / "a" / "best.safetensors"))
+    assert all(torch.equal(saved[k], v.cpu()) for k, v in t.model.state_dict().items())  # started from them
+    (tmp_path / "b").mkdir()
+    after = train_run(new, cifar, tmp_path / "b", progress=False)
+    assert abs(after["test_acc"] - before["test_acc"]) < 0.02  # lr ~0: still the first run's model
+    assert read_metrics(tmp_path / "b")[0]["epoch"] == 1  # a new run: its own epochs and schedule
+    other = TINY["model"] | {"channels": [8, 32]}
+    with pytest.raises(UserError, match=r"its model is not this run's \(first difference: "):
+        load_weights_into(build_model(parse_model_config(other)), tmp_path / "a")
+    code = main(["train", "--config", str(tmp_path / "b.yaml"), "--init-from", str(tmp_path / "none"),
+                 "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and "none: no such run directory or weights file" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -41,7 +41,7 @@ _FLAG_KEYS = {
     "momentum": "optimizer.momentum", "schedule": "schedule.name", "warmup_epochs": "schedule.warmup_epochs",
     "seed": "seed", "val_size": "data.val_size", "train_subset": "data.train_subset", "data": "data.path",
     "device": "device", "precision": "precision", "tta": "eval.tta", "name": "name", "threads": "threads",
-    "budget": "budget",
+    "budget": "budget", "init_from": "train.init_from",
 }
 
 
@@ -79,6 +79,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     g.add_argument("--precision", choices=choices(RunConfig, "precision"))
     g.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation at the end")
+    g.add_argument("--init-from", metavar="RUN_OR_WEIGHTS", type=lambda s: str(Path(s).absolute()),
+                   help="start from these weights (fine-tune, or train on with a new schedule); optimizer and "
+                        "schedule start fresh (--resume instead continues a stopped run exactly)")
     g.add_argument("--threads", type=int_between(1, 256), help="CPU threads, 1-256 (default: torch's choice)")
     g.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")

@@ -70,6 +70,22 @@ def read_weights_file(path: str | os.PathLike[str]) -> tuple[Path, dict[str, tup
     return p, shapes, meta
 
 
+def load_weights_into(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Copy a weights file's (or run directory's best, else last) tensors into ``model``: a run's starting
+    point (``train.init_from``). The file passes :func:`load_trained_model`'s checks; its tensor names and
+    shapes must be the model's (so a different architecture is refused, naming the first difference)."""
+    source, info = load_trained_model(path)
+    where = info["weights_path"]
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in source.state_dict().items()}
+    if mine != theirs:
+        key = (sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]])[0]
+        raise UserError(f"train.init_from {where}: its model is not this run's (first difference: {key} "
+                        f"{theirs.get(key, 'missing')} vs {mine.get(key, 'missing')} here)")
+    model.load_state_dict(source.state_dict())
+    return Path(where)
+
+
 def load_trained_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """Build the model described in the file's metadata and load its weights (eval mode).
 

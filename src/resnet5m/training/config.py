@@ -162,6 +162,10 @@ class TrainConfig(StrictModel):
     cutmix: MixConfig | None = None
     ema: EMAConfig | None = None
     distill: DistillConfig | None = None
+    init_from: str | None = Field(None, min_length=1, max_length=4096,
+                                  description="start from these weights (a run directory or .safetensors file; "
+                                              "fine-tuning, or training on with a new schedule): optimizer, "
+                                              "schedule and step count start fresh")
     select: SelectConfig | None = Field(None, description="train on the hardest examples by a proxy net's loss")
     resolution_schedule: list[ResolutionStage] = Field(
         default_factory=list, description="progressive resizing: smaller random crops early, full size after")

@@ -27,7 +27,7 @@ from resnet5m.evaluation.metrics import evaluate_logits
 from resnet5m.io import rundir
 from resnet5m.models.budget import check_budget_before_building, count_parameters
 from resnet5m.models.registry import build_model
-from resnet5m.models.weights import load_trained_model, save_weights
+from resnet5m.models.weights import load_trained_model, load_weights_into, save_weights
 from resnet5m.runtime.device import precision_dtype, resolve_device
 from resnet5m.runtime.distributed import Dist, from_env, sync_batchnorm
 from resnet5m.runtime.seeding import mix_seed, seed_everything, set_deterministic
@@ -153,7 +153,8 @@ def check_same_config(saved: Any, cfg: RunConfig, where: Path) -> None:
     if diff:
         key, old, new = diff
         raise UserError(f"{where.parent / rundir.CONFIG}: {key} was {str(old)[:40]} at the checkpoint, is now "
-                        f"{str(new)[:40]}; --resume continues a run's own config (a new config is a new run)")
+                        f"{str(new)[:40]}; --resume continues a run exactly (a new config from its weights: a new run, "
+                        "--init-from RUN)")
 
 
 def check_distributable(cfg: RunConfig, dist: Dist) -> None:
@@ -191,6 +192,8 @@ class Trainer:
         self.model = build_network(cfg, self.device, self.splits.train_x[:5000])
         self.params = count_parameters(self.model)
         t = cfg.train
+        if t.init_from:  # a starting point (before DDP broadcasts rank 0's weights); a resume overwrites it
+            load_weights_into(self.model, t.init_from)
         if len(self.splits.train_x) < t.batch_size:
             raise UserError(f"train.batch_size {t.batch_size} exceeds the {len(self.splits.train_x)} training images")
         if dist.enabled:
