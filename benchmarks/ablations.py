@@ -18,13 +18,12 @@ The 2026-11-23 ablations in results/ablations/2026-11-23-test-scored/ were made 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
-from common import RESULTS, print_table, reading_results, run_cli, write_json
+from common import RESULTS, print_table, read_json, reading_results, run_cli, write_json
 from resnet5m.cli.common import seed_list  # noqa: E402
 from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.errors import UserError
@@ -68,7 +67,7 @@ def table(folder: Path) -> None:
     if not any((folder / f"{n}.json").exists() for n in VARIANTS):
         raise UserError(f"--dir {folder}: no variant results in it (looked for {', '.join(VARIANTS)} .json)")
     with reading_results(folder):
-        tabulate(folder, {n: json.loads((folder / f"{n}.json").read_text()) for n in VARIANTS
+        tabulate(folder, {n: read_json(folder / f"{n}.json") for n in VARIANTS
                           if (folder / f"{n}.json").exists()})
 
 

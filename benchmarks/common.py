@@ -114,6 +114,23 @@ def timed_steps(model: torch.nn.Module, opts: list, batches, steps: int, warmup:
     return {"images_per_s": images / total, "data_share": data_time / total, "images": images}
 
 
+MAX_RESULTS_BYTES = 256 * 2**20  # the largest results file read (ours are kilobytes to a few megabytes)
+
+
+def read_json(path: Path) -> Any:
+    """A results file a user named: a regular file (a FIFO would block forever), at most
+    :data:`MAX_RESULTS_BYTES`, parsed (errors become one line under :func:`reading_results`)."""
+    import json
+
+    from resnet5m.data.sources import require_regular_file
+
+    path = Path(path)
+    require_regular_file(path)
+    if path.stat().st_size > MAX_RESULTS_BYTES:
+        raise UserError(f"{path}: {path.stat().st_size:,} bytes; a results file is at most {MAX_RESULTS_BYTES:,}")
+    return json.loads(path.read_text())
+
+
 @contextmanager
 def reading_results(path: Path | str) -> Iterator[None]:
     """Around the code that interprets a results file a user named (``--merge``, ``--table-only``,
@@ -125,7 +142,7 @@ def reading_results(path: Path | str) -> Iterator[None]:
         yield
     except json.JSONDecodeError:
         raise
-    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError, ArithmeticError, RecursionError) as exc:
         what = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:80] if str(exc) else ""
         raise UserError(f"{path}: not a results file of this script ({type(exc).__name__}: {what})") from None
 

@@ -17,13 +17,12 @@ alone and for training + TTA. A time counts only for a recipe whose mean reaches
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common import RESULTS, machine, measure_peak_flops, print_table, reading_results, run_cli, write_json
+from common import RESULTS, machine, measure_peak_flops, print_table, read_json, reading_results, run_cli, write_json
 from resnet5m.cli.common import positive_int, seed_list
 from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data import Cifar10, load_cifar10
@@ -116,7 +115,7 @@ def main() -> None:
         raise UserError(f"--probe-size {args.probe_size}: must be at least 1")
     if args.table_only:
         with reading_results(args.out):
-            return report(json.loads(args.out.read_text()))
+            return report(read_json(args.out))
     tune_glibc_malloc()
     cfg_a, cfg_b = (build_config(resolve_recipe(r), args.overrides) for r in (args.a, args.b))
     for cfg in (cfg_a, cfg_b):
@@ -134,7 +133,7 @@ def main() -> None:
            "test_slice": args.test_slice, "pairs": []}
     if args.out.exists():
         with reading_results(args.out):
-            old = json.loads(args.out.read_text())
+            old = read_json(args.out)
             if recipe_of(old) != recipe_of(doc):
                 raise UserError(f"{args.out} holds a race of other configs; choose another --out")
             doc["pairs"] = list(old["pairs"])

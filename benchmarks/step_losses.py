@@ -13,14 +13,13 @@ Compare only files made on the same host: float results differ between CPUs.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from common import machine, reading_results, run_cli, write_json
+from common import machine, read_json, reading_results, run_cli, write_json
 from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data import load_cifar10
 from resnet5m.runtime import tune_glibc_malloc
@@ -67,7 +66,7 @@ def record(cfg, data, max_steps: int) -> list[float]:
 
 
 def compare(a: Path, b: Path) -> None:
-    da, db = json.loads(a.read_text()), json.loads(b.read_text())
+    da, db = read_json(a), read_json(b)
     if da["machine"]["cpu"] != db["machine"]["cpu"]:
         print(f"warning: different CPUs ({da['machine']['cpu']} vs {db['machine']['cpu']})")
     worst = 0.0

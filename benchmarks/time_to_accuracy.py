@@ -34,7 +34,17 @@ from typing import Any
 
 import torch
 
-from common import RESULTS, machine, measure_peak_flops, print_table, reading_results, run_cli, sync, write_json
+from common import (
+    RESULTS,
+    machine,
+    measure_peak_flops,
+    print_table,
+    read_json,
+    reading_results,
+    run_cli,
+    sync,
+    write_json,
+)
 from resnet5m.cli.common import seed_list
 from resnet5m.cli.main import OneLineParser  # noqa: E402
 from resnet5m.data import load_cifar10
@@ -150,7 +160,7 @@ def merge(paths: list[Path], out: Path) -> None:
     docs = []
     for p in paths:
         with reading_results(p):
-            docs.append(json.loads(p.read_text()))
+            docs.append(read_json(p))
             docs[-1]["config"]  # noqa: B018 (read here, so a file without it is named)
     if len({json.dumps(d["config"], sort_keys=True) for d in docs}) != 1:
         raise UserError("the files were made with different configs; not merging")
@@ -192,7 +202,7 @@ def main() -> None:
                     "warm-up/compile, checkpoints, evaluation", "results": []}
     if out.exists():  # continue an interrupted benchmark of the same config
         with reading_results(out):
-            old = json.loads(out.read_text())
+            old = read_json(out)
             if old["config"] != doc["config"]:
                 raise UserError(f"{out} holds results of a different config; choose another --out")
             doc["results"] = list(old["results"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,11 +43,16 @@ def _two_results(tmp_path: Path) -> list[str]:
     ("gpu_suite.py", ["table", "--out", "{tmp}/m.json"], "no such folder"),
     ("gpu_suite.py", ["run", "--tiny", "--set", "optimizer.lr=-1", "--out", "{tmp}/m.json"], "optimizer.lr"),
     ("profile_step.py", ["--images", "0", "--out", "{tmp}/m.json"], "--images 0: must be 1..1,000,000"),
+    ("race.py", ["--table-only", "--out", "DEEP"], "deep.json: not a results file of this script (RecursionError"),
+    ("step_losses.py", ["--compare", "FIFO", "A"], "fifo: not a regular file"),
 ])
 def test_benchmark_errors_are_one_line(tmp_path, script, args, message):
     a, b = _two_results(tmp_path)
     (tmp_path / "list.json").write_text("[1, 2]")
-    args = [{"A": a, "B": b, "LIST": str(tmp_path / "list.json")}.get(x, x.format(tmp=tmp_path)) for x in args]
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    os.mkfifo(tmp_path / "fifo")  # would block a plain read forever
+    named = {"A": a, "B": b, "LIST": tmp_path / "list.json", "DEEP": tmp_path / "deep.json", "FIFO": tmp_path / "fifo"}
+    args = [str(named.get(x, x.format(tmp=tmp_path))) for x in args]
     r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300, cwd=BENCH)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert r.stderr.startswith(f"{script}: error: ") and r.stderr.count("\n") == 1, r.stderr

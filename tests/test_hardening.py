@@ -338,17 +338,19 @@ def _damage_checkpoint(run: Path, how: str) -> None:
         state["loop"]["epoch"] = "one"
     elif how == "recorded":
         state["config"] = "[1, 2"
+    elif how == "deep":  # nested past Python's recursion limit
+        state["config"] = "[" * 100_000 + "]" * 100_000
     torch.save(state, run / "resume.pt")
 
 
 @pytest.mark.parametrize("how, needle", [
     ("missing", "missing optimizers"), ("shape", "does not match this run's config"), ("loop", "loop.epoch"),
     ("garbage", "unreadable checkpoint"), ("config", "config.yaml"), ("metrics", "damaged"),
-    ("shorter", "train.epochs was 2.0 at the checkpoint, is now 0.5"),
+    ("shorter", "train.epochs is 0.5 in its config.yaml but was 2.0 when resume.pt was saved"),
     ("shorter-old", "its checkpoint has 4 steps done, more than the 2 its config.yaml plans"),
-    ("lr", "optimizer.lr was 0.05 at the checkpoint, is now 0.1"),
-    ("ema", "train.ema was None at the checkpoint, is now"),
-    ("recorded", "its recorded config is not resnet5m's"),
+    ("lr", "optimizer.lr is 0.1 in its config.yaml but was 0.05 when"),
+    ("ema", "but was None when resume.pt was saved"),
+    ("recorded", "its recorded config is not resnet5m's"), ("deep", "its recorded config is not resnet5m's"),
 ])
 def test_damaged_resume_state_is_one_line(how, needle, interrupted_run, capsys, data_env):
     run = interrupted_run
@@ -385,7 +387,9 @@ def test_resume_accepts_edits_that_do_not_change_the_result(interrupted_run, tmp
 
     run = interrupted_run
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    cfg.update(description="edited label", device="cpu", threads=1, name="renamed")
+    cfg.update(description="edited label", device="cpu", threads=1, name="renamed", budget=4_000_000,
+               eval={"tta": "flip"})
+    cfg["train"]["checkpoint_every"] = 2
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert (run / "results.json").exists()
@@ -722,6 +726,8 @@ def test_search_refusals_leave_no_study_folder(argv, needle, capsys, tmp_path, d
     ("name: bigstudy\nbase: fast\nvariants:\n  a: {model: {widths: [512, 1024, 1024]}}\n",
      "variant 'a': model (fastnet) has 37,103,128 trainable parameters, over the budget"),
     ("name: ..\nbase: fast\nvariants:\n  a: {train: {batch_size: 100}}\n", "name: must not be '.' or '..'"),
+    ("name: s2\nbase: fast\nvariants:\n  a: {}\n  b: {train: {init_from: /nonexistent/run}}\n",
+     "variant 'b': train.init_from: /nonexistent/run: no such run directory or weights file"),
 ])
 def test_study_refusals_write_nothing(study, needle, capsys, tmp_path, data_env):
     (tmp_path / "s.yaml").write_text(study)
@@ -757,6 +763,23 @@ def two_seed_run(tmp_path_factory, cifar_path) -> Path:
     assert main(["train", "--data", str(cifar_path), "--runs-dir", str(root), "--name", "s", "--seeds", "0,1",
                  "--config", "fast", *TINY_TRAIN]) == 0
     return root / "s"
+
+
+def test_resume_refuses_a_config_edited_between_seeds(two_seed_run, capsys, tmp_path, data_env):
+    """One recipe for every seed of a run: an edit after a seed trained is refused, even where no seed has a
+    checkpoint to compare with (a finished seed, or one not started)."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "s"
+    shutil.copytree(two_seed_run, run)
+    shutil.rmtree(run / "seed1")  # seed 1 not started yet: it alone would train with the edit
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["optimizer"]["lr"] *= 2
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    one_line_error(*run_cli(capsys, "train", "--resume", str(run)), "but seed 0 was trained with")
+    assert not (run / "seed1").exists()
 
 
 @pytest.mark.parametrize("seeds", ["[0, 0]", "[true]", "[]", "[1099511627776]"])
@@ -798,3 +821,10 @@ def test_benchmark_script_errors_are_one_line(argv, needle, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith(f"{script}: error: "), r.stderr
     assert needle in r.stderr, r.stderr
+
+
+def test_error_lines_show_control_characters_as_question_marks():
+    """A hostile file's NUL or terminal escape codes never reach the terminal through an error line."""
+    from resnet5m.cli.main import one_line
+
+    assert one_line("bad value a\x00b\x1b[31mred\u200b ±") == "bad value a?b?[31mred? ±"

@@ -69,8 +69,8 @@ def os_error_line(exc: OSError) -> str:
 
 
 def one_line(message: str, limit: int = 2000) -> str:
-    """Every error is one line, of bounded length."""
-    text = " ".join(message.split())
+    """Every error is one line, of bounded length, printable (a hostile file's NUL or escape codes are shown as ?)."""
+    text = "".join(c if c.isprintable() else "?" for c in " ".join(message.split()))
     return text if len(text) <= limit else text[:limit] + "..."
 
 

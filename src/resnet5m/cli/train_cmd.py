@@ -167,6 +167,7 @@ def launch(nproc: int, argv: list[str] | None = None) -> int:
     """``resnet5m train --nproc N ...``: the same command under torchrun's launcher with N local processes.
     Rank 0 reports any failure in one line; the launcher's own failure report is not repeated."""
     import torch
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -182,8 +183,9 @@ def launch(nproc: int, argv: list[str] | None = None) -> int:
             skip = True
         elif not a.startswith("--nproc="):
             rest.append(a)
-    for name in ("torch.distributed.run", "torch.distributed.elastic"):  # rank 0 speaks; the launcher need not
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    for name in list(logging.root.manager.loggerDict):  # rank 0 speaks; the launcher need not (each of its
+        if name.startswith(("torch.distributed.run", "torch.distributed.elastic")):  # loggers sets its own level)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     # torchrun's per-launch files (its log and error files) go to a folder removed when the launch ends
     with tempfile.TemporaryDirectory(prefix="resnet5m-torchrun-") as logs:
         try:
@@ -192,6 +194,8 @@ def launch(nproc: int, argv: list[str] | None = None) -> int:
         except ChildFailedError as exc:
             codes = sorted((f.local_rank, f.exitcode) for f in exc.failures.values())
             return next((code for _, code in codes if code > 0), 1)  # a rank's own exit code, not a SIGTERM
+        except SignalException:  # SIGTERM/SIGINT to the launcher: the ranks checkpointed; rank 0 has said so
+            return 130
     return 0
 
 

@@ -73,7 +73,8 @@ def read_weights_file(path: str | os.PathLike[str]) -> tuple[Path, dict[str, tup
 def load_weights_into(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Copy a weights file's (or run directory's best, else last) tensors into ``model``: a run's starting
     point (``train.init_from``). The file passes :func:`load_trained_model`'s checks; its tensor names and
-    shapes must be the model's (so a different architecture is refused, naming the first difference)."""
+    shapes must be the model's (another shape of network is refused, naming the first difference). Settings
+    that hold no tensors (activation, dropout) may differ: a fine-tuning run may change them."""
     source, info = load_trained_model(path)
     where = info["weights_path"]
     mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -365,9 +365,12 @@ def config_to_yaml(cfg: RunConfig) -> str:
 
 
 # What may differ between the process that saved a checkpoint and the one that resumes it: labels, where the
-# data and the device are, how many threads. Every other key decides the result, so a resume checks it unchanged.
+# data and the device are, threads, how often to checkpoint, the budget the model already passed, how to evaluate
+# at the end (TTA, batch size), and the starting weights (already in the checkpoint). Every other key decides the
+# trained model, so a resume checks it unchanged.
 RESUME_FREE_KEYS = ("name", "description", "claimed", "reported", "measured", "shortened", "device", "threads",
-                    "data.path", "data.download")
+                    "data.path", "data.download", "budget", "allow_over_budget", "eval", "train.eval_batch_size",
+                    "train.checkpoint_every", "train.init_from")
 
 
 def resume_fingerprint(cfg: RunConfig) -> dict[str, Any]:
@@ -380,6 +383,12 @@ def resume_fingerprint(cfg: RunConfig) -> dict[str, Any]:
             node = node[p]
         node.pop(last, None)
     return out
+
+
+def changed_since(saved: RunConfig | dict[str, Any], cfg: RunConfig) -> tuple[str, Any, Any] | None:
+    """The first key (dotted, with its saved and current values) in which ``cfg`` would train differently from
+    ``saved`` (a config, or a fingerprint a checkpoint recorded); None if it would not."""
+    return first_difference(saved if isinstance(saved, dict) else resume_fingerprint(saved), resume_fingerprint(cfg))
 
 
 def first_difference(saved: Any, now: Any, prefix: str = "") -> tuple[str, Any, Any] | None:

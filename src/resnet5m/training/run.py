@@ -14,12 +14,13 @@ import torch
 
 from resnet5m import __version__
 from resnet5m.data.cifar10 import Cifar10
+from resnet5m.errors import UserError
 from resnet5m.evaluation.evaluate import final_evaluation
 from resnet5m.io import rundir
 from resnet5m.models.budget import count_parameters
 from resnet5m.models.weights import load_trained_model
 from resnet5m.runtime.distributed import Dist, from_env
-from resnet5m.training.config import RunConfig, config_to_yaml
+from resnet5m.training.config import RunConfig, changed_since, config_to_yaml, load_config_file, validate_config
 from resnet5m.training.trainer import Printer, Trainer
 from resnet5m.util.stats import fmt_mean_std, summarize_seeds
 
@@ -138,11 +139,19 @@ def train_seeds(cfg: RunConfig, data: Cifar10, run_dir: Path, seeds: list[int], 
 
 def _train_seeds(cfg: RunConfig, data: Cifar10, run_dir: Path, seeds: list[int], out: Printer,
                  progress: bool, d: Dist) -> dict[str, Any]:
-    results = []
-    for seed in seeds:
-        seed_cfg = cfg.model_copy(update={"seed": seed, "name": f"{cfg.name or run_dir.name}-seed{seed}"})
-        seed_dir = rundir.seed_dir(run_dir, seed)
-        results.append(train_run(seed_cfg, data, seed_dir, out=out, progress=progress))
+    configs = {seed: cfg.model_copy(update={"seed": seed, "name": f"{cfg.name or run_dir.name}-seed{seed}"})
+               for seed in seeds}
+    for seed, seed_cfg in configs.items():  # one recipe for every seed: an edit since a seed started is refused
+        saved = rundir.seed_dir(run_dir, seed) / rundir.CONFIG
+        diff = changed_since(validate_config(load_config_file(saved), where=str(saved)), seed_cfg) \
+            if saved.is_file() else None
+        if diff:
+            key, old, new = diff
+            raise UserError(f"{run_dir}: {key} is {str(new)[:40]} in its {rundir.CONFIG} but seed {seed} was "
+                            f"trained with {str(old)[:40]}; a run's seeds share one config (a new config is a new "
+                            "run)")
+    results = [train_run(seed_cfg, data, rundir.seed_dir(run_dir, seed), out=out, progress=progress)
+               for seed, seed_cfg in configs.items()]
     summary = summarize_seeds(results)
     if d.is_main:
         rundir.write_summary(run_dir, summary)

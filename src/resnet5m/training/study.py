@@ -26,6 +26,7 @@ from resnet5m.io import rundir
 from resnet5m.io.yamlfile import read_yaml
 from resnet5m.models.budget import check_budget_before_building
 from resnet5m.models.registry import build_model
+from resnet5m.models.weights import read_weights_file
 from resnet5m.training.config import (
     RunConfig,
     apply_overrides,
@@ -118,6 +119,13 @@ def run_study(study_path: str, runs_dir: str | Path, *, epochs: float | None = N
     for name, cfg in configs.items():  # every variant within its budget before anything is written
         check_budget_before_building(lambda cfg=cfg: build_model(cfg.model), cfg.budget, cfg.allow_over_budget,
                                      name=f"variant {name!r}: model ({cfg.model.family})")
+        for key, weights in (("train.init_from", cfg.train.init_from),
+                             ("train.distill.teacher", cfg.train.distill and cfg.train.distill.teacher)):
+            if weights:  # its header only (nothing allocated): a bad file stops the study before any variant runs
+                try:
+                    read_weights_file(weights)
+                except UserError as exc:
+                    raise UserError(f"variant {name!r}: {key}: {exc}") from None
     root = Path(runs_dir) / study.name
     spec = {"name": study.name, "description": study.description, "variants": list(configs), "seeds": seeds,
             "study_file": str(study_file), "shortened": note, "overrides": overrides or []}

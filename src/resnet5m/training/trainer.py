@@ -39,7 +39,7 @@ from resnet5m.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from resnet5m.training.config import RunConfig, first_difference, resume_fingerprint
+from resnet5m.training.config import RunConfig, changed_since, resume_fingerprint
 from resnet5m.training.ema import WeightAverage
 from resnet5m.training.loop import LoopState, Meter, StepLog, StepParts, train_epoch
 from resnet5m.training.losses import make_loss
@@ -145,16 +145,16 @@ def check_same_config(saved: Any, cfg: RunConfig, where: Path) -> None:
         return
     try:
         saved = json.loads(saved) if isinstance(saved, str) and len(saved) < 1_000_000 else None
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, absurdly nested, a 5,000-digit number
         saved = None
     if not isinstance(saved, dict):
         raise UserError(f"{where}: damaged checkpoint (its recorded config is not resnet5m's)")
-    diff = first_difference(saved, resume_fingerprint(cfg))
+    diff = changed_since(saved, cfg)
     if diff:
         key, old, new = diff
-        raise UserError(f"{where.parent / rundir.CONFIG}: {key} was {str(old)[:40]} at the checkpoint, is now "
-                        f"{str(new)[:40]}; --resume continues a run exactly (a new config from its weights: a new run, "
-                        "--init-from RUN)")
+        raise UserError(f"{where.parent}: {key} is {str(new)[:40]} in its {rundir.CONFIG} but was {str(old)[:40]} "
+                        f"when {where.name} was saved; --resume continues a run exactly (a new config from its "
+                        "weights: a new run, --init-from RUN)")
 
 
 def check_distributable(cfg: RunConfig, dist: Dist) -> None:
@@ -192,8 +192,6 @@ class Trainer:
         self.model = build_network(cfg, self.device, self.splits.train_x[:5000])
         self.params = count_parameters(self.model)
         t = cfg.train
-        if t.init_from:  # a starting point (before DDP broadcasts rank 0's weights); a resume overwrites it
-            load_weights_into(self.model, t.init_from)
         if len(self.splits.train_x) < t.batch_size:
             raise UserError(f"train.batch_size {t.batch_size} exceeds the {len(self.splits.train_x)} training images")
         if dist.enabled:
@@ -378,12 +376,14 @@ class Trainer:
         """Run the remaining epochs. ``on_epoch(row)`` sees each finished epoch's metrics row after its
         checkpoint is written (e.g. a search reports it; an exception it raises stops the run there)."""
         if resume:
-            self.load_checkpoint()
+            self.load_checkpoint()  # a resume needs only its checkpoint (not train.init_from's file)
             if self.state.step > self.total_steps:  # config.yaml edited after the checkpoint: refuse, not mislabel
                 raise UserError(f"{self.run_dir}: its checkpoint has {self.state.step} steps done, more than the "
                                 f"{self.total_steps} its {rundir.CONFIG} plans (train.epochs "
                                 f"{self.cfg.train.epochs:g}); was the config edited? refused")
             self.out(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, batch {self.state.batch}")
+        elif self.cfg.train.init_from:  # every rank loads the same file: their models stay identical
+            self.out(f"starting from the weights in {load_weights_into(self.model, self.cfg.train.init_from)}")
         s, patience = self.state, self.cfg.train.early_stopping_patience
         with self.stop.installed():
             while s.epoch < self.epochs and s.step < self.total_steps and not s.stopped_early:
