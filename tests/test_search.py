@@ -146,6 +146,20 @@ def test_test_set_untouched_and_rerun_continues(tiny_study, cifar):
                                                        ][:TRIALS]
 
 
+def test_final_alone_adds_no_trials(tiny_study, cifar, tmp_path):
+    """`search --final` without --trials retrains the best of the trials finished, adding none; on a study
+    with none finished it says to search first."""
+    root, setup, opts = tiny_study
+    before = len(load(setup.dir, "tiny").get_trials())
+    lines: list[str] = []
+    run_search(load_space(root / "tiny.yaml"), SearchOptions(trials=None, runs_dir=opts.runs_dir, threads=1,
+                                                             final=True), data=poisoned(cifar), out=lines.append)
+    assert len(load(setup.dir, "tiny").get_trials()) == before and f"{before} of {before} trials finished" in lines[0]
+    with pytest.raises(UserError, match="has no finished trials yet; run the search first"):
+        run_search(load_space(root / "tiny.yaml"), SearchOptions(trials=None, runs_dir=str(tmp_path), final=True),
+                   data=poisoned(cifar), out=lambda line: None)
+
+
 def test_final_is_the_only_test_evaluation(tiny_study, cifar):
     root, setup, opts = tiny_study
     final_opts = SearchOptions(trials=TRIALS, runs_dir=opts.runs_dir, threads=1, final=True, seeds=[100],

@@ -26,9 +26,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "set and scored on the validation split; over-budget models are never trained. Running the "
                     "same command again continues the study. See docs/search.md.")
     p.add_argument("space", metavar="SPACE", help="space YAML, or a name in configs/ (e.g. search/bhat2023)")
-    p.add_argument("--trials", type=int, default=20,
-                   help="finished trials the study should hold, all workers together (default 20); a second run "
-                        "with a larger number extends the study")
+    p.add_argument("--trials", type=int,
+                   help="finished trials the study should hold, all workers together (default 20; with --final "
+                        "alone, none are added: the best of those finished is retrained); a second run with a "
+                        "larger number extends the study")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RUNS_DIR/STUDY/study.db), "
                                      "e.g. postgresql://user@host:5432/db")
@@ -54,8 +55,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_search_cmd(args: argparse.Namespace) -> int:
     space = load_space(args.space)
+    trials = args.trials if args.trials is not None else None if args.final else 20  # --final alone: no new trial
     opts = SearchOptions(
-        trials=args.trials, workers=args.workers, storage=args.storage, study=args.study, timeout=args.timeout,
+        trials=trials, workers=args.workers, storage=args.storage, study=args.study, timeout=args.timeout,
         objectives=[o.strip() for o in args.objectives.split(",")] if args.objectives else None,
         pruner=args.pruner, runs_dir=args.runs_dir, threads=args.threads, heartbeat=args.heartbeat,
         final=args.final, seeds=args.seeds, final_overrides=args.overrides, progress=not args.no_progress)

@@ -330,8 +330,15 @@ def best_recipe(study_dir: Path, best: dict[str, Any], meta: dict[str, Any]) -> 
     cfg["description"] = (f"best trial {best['number']} of search {meta.get('name')}: validation accuracy "
                           f"{best['val_acc'] * 100:.2f}% on data.val_size={cfg.get('data', {}).get('val_size')}, "
                           f"{best['params_count']:,} trainable parameters")
-    head = (f"# resnet5m search {meta.get('name')}: the best trial ({best['number']}) as a recipe.\n"
-            f"# Train it: resnet5m train --config best.yaml (add --val-size 0 to train on all 50,000 images)\n")
+    data = cfg.get("data") or {}
+    subset = data.get("train_subset")
+    whole = "--val-size 0" + (" --set data.train_subset=null" if subset else "")
+    head = (f"# resnet5m search {meta.get('name')}: the best trial ({best['number']}) as a recipe, as trained in "
+            f"the search ({cfg.get('train', {}).get('epochs')} epochs, "
+            f"{f'{subset:,} training images' if subset else 'all training images'} less "
+            f"{data.get('val_size', 0):,} for validation).\n"
+            f"# Train it: resnet5m train --config best.yaml; on all 50,000 images: add {whole} (and --epochs N for "
+            f"the full length); or resnet5m search ... --final, which does so and tests once per seed\n")
     return head + yaml.safe_dump(cfg, sort_keys=False)
 
 

@@ -11,6 +11,7 @@ may use), unless ``--threads`` says otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -64,7 +65,7 @@ class SearchInterrupted(Exception):
 
 @dataclass
 class SearchOptions:
-    trials: int = 20
+    trials: int | None = 20  # None: run no new trial (``--final`` alone: retrain the best of those finished)
     workers: int = 1
     storage: str | None = None
     study: str | None = None
@@ -414,7 +415,7 @@ def run_search(space: Space, opts: SearchOptions, *, data: Cifar10 | None = None
                worker: int | None = None) -> tuple[StudySetup, int]:
     """The search phase; with ``worker`` set, only that worker's loop (started by :func:`spawn_workers`).
     Returns the study set-up and an exit code (0, or the worst worker's)."""
-    if opts.trials < 1:
+    if opts.trials is not None and opts.trials < 1:
         raise UserError("--trials must be at least 1")
     if opts.workers < 1:
         raise UserError("--workers must be at least 1")
@@ -429,6 +430,10 @@ def run_search(space: Space, opts: SearchOptions, *, data: Cifar10 | None = None
     setup = setup_study(space, opts, out=out)
     study = open_study(setup)  # created once here, so workers never race to create it
     before = trial_counts(study)["finished"]
+    if opts.trials is None:  # no new trial: the study as it stands
+        if not before:
+            raise UserError(f"study {setup.name} has no finished trials yet; run the search first (--trials N)")
+        opts = dataclasses.replace(opts, trials=before)
     out(f"study {setup.name} in {display_url(setup.url)}: {before} of {opts.trials} trials finished; "
         f"objective {' + '.join(setup.objectives)}, pruner {setup.pruner}; study folder {setup.dir}")
     code = 0
