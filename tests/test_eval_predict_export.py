@@ -170,6 +170,26 @@ def test_predict_single_image_prints_top3(trained_run, cifar, tmp_path, capsys):
     assert len(lines) == 3
     probs = [float(ln.split()[-1]) for ln in lines]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    assert not (tmp_path / "predictions.csv").exists()  # printed only
+
+
+def test_predict_and_evaluate_default_to_the_runs_own_tta(trained_run, cifar, tmp_path, capsys):
+    """Predictions match the accuracy the run reported: its eval.tta (here none), not a hard-coded one; one
+    image with -o writes the CSV too, and its resize note is one line."""
+    from PIL import Image
+
+    np.save(tmp_path / "x.npy", cifar.test_images[:20].permute(0, 2, 3, 1).numpy())
+    assert main(["predict", str(trained_run), str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.csv")]) == 0
+    assert "(tta none)" in capsys.readouterr().out
+    np.savez(tmp_path / "x.npz", x=cifar.test_images[:20].permute(0, 2, 3, 1).numpy(), y=cifar.test_labels[:20].numpy())
+    assert main(["evaluate", str(trained_run), "--data", str(tmp_path / "x.npz"), "-o", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["reported_mode"] == "none"
+    Image.fromarray(cifar.test_images[0].permute(1, 2, 0).numpy()).resize((40, 40)).save(tmp_path / "big.png")
+    r = subprocess.run([sys.executable, "-m", "resnet5m.cli.main", "predict", str(trained_run),
+                        str(tmp_path / "big.png"), "-o", str(tmp_path / "one.csv")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stderr == "resnet5m: warning: big.png: 40x40 resized to 32x32\n", r.stderr
+    assert list(csv.reader((tmp_path / "one.csv").open()))[0] == ["ID", "Labels"]
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

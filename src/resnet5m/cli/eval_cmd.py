@@ -19,8 +19,10 @@ from resnet5m.evaluation.evaluate import evaluate_model, format_report, write_co
 from resnet5m.evaluation.export import FORMATS, export_model
 from resnet5m.evaluation.inference import TTA_MODES, predict_logits
 from resnet5m.evaluation.inputs import load_inputs
+from resnet5m.io import rundir
 from resnet5m.io.atomic import atomic_write_text
 from resnet5m.io.rundir import write_json
+from resnet5m.io.yamlfile import read_yaml
 from resnet5m.models.weights import load_trained_model, resolve_weights_path
 from resnet5m.runtime.device import resolve_device
 
@@ -32,7 +34,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "holding one labeled set (x_test/y_test, x/y or images/labels; uint8 HWC)")
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split of --data (default test)")
     p.add_argument("--tta", choices=[*TTA_MODES, "all"], default="all",
-                   help="test-time augmentation to report besides none (default: all)")
+                   help="test-time augmentation to report besides none (default: all; the per-class table and "
+                        "confusion matrix then use the run's own, eval.tta, as its reported accuracy did)")
     p.add_argument("-o", "--output", "--out", dest="output",
                    help="output folder (default: RUN/evaluation or next to the weights)")
     p.add_argument("--device", default="auto")
@@ -42,8 +45,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict labels for an unlabeled test set (CSV: ID,Labels)")
     p.add_argument("model", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("input", metavar="INPUT", help=".pkl test set, .npz/.npy, image folder, or one image")
-    p.add_argument("-o", "--output", default="predictions.csv", help="CSV to write (default predictions.csv)")
-    p.add_argument("--tta", choices=TTA_MODES, default="flip_translate")
+    p.add_argument("-o", "--output", help="CSV to write (default predictions.csv; for one image: only printed "
+                                          "unless given)")
+    p.add_argument("--tta", choices=TTA_MODES,
+                   help="test-time augmentation (default: the run's own, eval.tta, so predictions match its "
+                        "reported test accuracy)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=batch_size_arg, default=1000)
     p.set_defaults(func=run_predict)
@@ -68,6 +74,19 @@ def _inference_model(path: str, device: torch.device) -> tuple[torch.nn.Module, 
     return model.to(memory_format=torch.channels_last), info
 
 
+def run_tta(info: dict) -> str:
+    """The test-time augmentation a run reported its test accuracy with (``eval.tta``): recorded in its weights,
+    else in the ``config.yaml`` beside them (older runs); ``none`` if neither says."""
+    tta = info.get("tta")
+    cfg = Path(info["weights_path"]).parent / rundir.CONFIG
+    if tta not in TTA_MODES and cfg.is_file():
+        try:
+            tta = (read_yaml(cfg).get("eval") or {}).get("tta")  # a run's config.yaml is fully resolved
+        except (UserError, AttributeError):  # not a config: the default below
+            tta = None
+    return tta if tta in TTA_MODES else "none"
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, info = _inference_model(args.model, device)
@@ -75,7 +94,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out = check_output_dir(args.output if args.output else _default_out(args.model, "evaluation"))
     modes = list(TTA_MODES) if args.tta == "all" else [args.tta]
     result = evaluate_model(model, images, labels, tta_modes=modes, batch_size=args.batch_size, device=device)
-    result["reported_mode"] = modes[-1] if args.tta != "all" else "flip_translate"
+    result["reported_mode"] = modes[-1] if args.tta != "all" else run_tta(info)
     result.update(weights=info["weights_path"], data=source, split=args.split)
     if any(not math.isfinite(r["loss"]) for r in result["modes"].values()):
         result["note"] = "null values: the loss was not finite (the logits overflowed)"
@@ -97,10 +116,11 @@ def run_predict(args: argparse.Namespace) -> int:
     inputs = load_inputs(args.input)  # validate the input before loading the model
     is_image = Path(args.input).is_file() and Path(args.input).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp",
                                                                                  ".gif", ".webp")
-    if not is_image:
-        check_output_file(args.output, inputs=(args.input, resolve_weights_path(args.model)))
+    out = None if is_image and args.output is None else check_output_file(
+        args.output or "predictions.csv", inputs=(args.input, resolve_weights_path(args.model)))
     model, info = _inference_model(args.model, device)
-    logits = predict_logits(model, inputs.images, batch_size=args.batch_size, tta=args.tta, device=device)
+    tta = args.tta or run_tta(info)
+    logits = predict_logits(model, inputs.images, batch_size=args.batch_size, tta=tta, device=device)
     if not torch.isfinite(logits).all():
         raise UserError(f"{info['weights_path']}: the model's outputs are not finite (NaN or inf) for "
                         f"{int((~torch.isfinite(logits)).any(1).sum())} of {len(logits)} images; nothing written")
@@ -110,15 +130,16 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"{args.input}:")
         for p, c in zip(top.values.tolist(), top.indices.tolist()):
             print(f"  {CLASSES[c]:<11} {p:.3f}")
-        return 0
+        if out is None:
+            return 0
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["ID", "Labels"])
     for i, label in zip(inputs.ids, probs.argmax(1).tolist()):
         w.writerow([i, label])
-    atomic_write_text(args.output, buf.getvalue())
+    atomic_write_text(out, buf.getvalue())
     counts = torch.bincount(probs.argmax(1), minlength=len(CLASSES)).tolist()
-    print(f"wrote {args.output}: {len(inputs.ids)} predictions (tta {args.tta}); per class {counts}")
+    print(f"wrote {out}: {len(inputs.ids)} predictions (tta {tta}); per class {counts}")
     return 0
 
 

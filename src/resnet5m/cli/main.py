@@ -6,9 +6,12 @@ import argparse
 import os
 import sys
 import typing
+import warnings
 
 from resnet5m import __version__
 from resnet5m.errors import UserError
+
+_python_format_warning = warnings.formatwarning
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -37,10 +40,18 @@ def _command_modules() -> list:
     return [models_cmd, recipes_cmd, train_cmd, eval_cmd, study_cmd, search_cmd]
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 (warnings' API)
+    """resnet5m's own warnings (e.g. an image resized to 32x32) as one line; others as Python shows them."""
+    if "resnet5m" in str(filename):
+        return f"resnet5m: warning: {one_line(str(message))}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     from resnet5m.runtime.allocator import tune_glibc_malloc
 
     tune_glibc_malloc()
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

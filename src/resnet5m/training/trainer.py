@@ -287,6 +287,7 @@ class Trainer:
             return
         save_weights(self.run_dir / name, self.eval_model(),
                      {"epoch": epoch + 1, "val_acc": val_acc, "seed": self.cfg.seed, "run": self.run_dir.name,
+                      "tta": self.cfg.eval.tta,
                       "budget": self.cfg.budget, "allow_over_budget": self.cfg.allow_over_budget})
 
     # -- one epoch --
