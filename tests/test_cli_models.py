@@ -28,6 +28,9 @@ def test_summary_of_preset_and_flags(capsys):
     assert "trainable params:     2,777,674 (within budget" in out and "mult-adds per image" in out
     assert main(["summary", "--blocks", "3,3,2,3", "--channels", "64,128,128,256", "--pool", "4"]) == 0
     assert "4,935,242" in capsys.readouterr().out
+    assert main(["summary", "strong", "--depth", "1"]) == 0  # a recipe's name: the model it trains
+    out = capsys.readouterr().out
+    assert "trainable params:     4,944,056" in out and "Units." not in out and "Total mult-adds (M)" in out
 
 
 def test_summary_over_budget_exits_nonzero(capsys):

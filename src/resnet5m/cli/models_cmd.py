@@ -8,6 +8,7 @@ from resnet5m.cli.common import add_model_arguments, model_overrides, positive_i
 from resnet5m.models import PRESETS, build_model, count_parameters, resolve_model_config
 from resnet5m.models.budget import DEFAULT_BUDGET, MAX_PARAMS, check_budget_before_building
 from resnet5m.models.summary import summarize
+from resnet5m.training.recipes import list_recipes, resolve_recipe
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +17,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_presets)
 
     p = sub.add_parser("summary", help="layer table, parameters, mult-adds and memory of a model")
-    p.add_argument("model", nargs="?", help="preset name or YAML file (model or run config)")
+    p.add_argument("model", nargs="?", help="preset name, recipe name (e.g. strong: its model) or YAML file (model "
+                                            "or run config)")
     p.add_argument("--depth", type=int, default=3, help="nesting depth of the layer table")
     add_model_arguments(p)
     p.set_defaults(func=run_summary)
@@ -39,7 +41,10 @@ def run_presets(args: argparse.Namespace) -> int:
 
 def run_summary(args: argparse.Namespace) -> int:
     overrides = model_overrides(args)
-    cfg = resolve_model_config(require_model_spec(args.model, overrides), overrides)
+    spec = args.model
+    if spec and spec not in PRESETS and spec in list_recipes():  # a recipe's name: the model it trains
+        spec = resolve_recipe(spec)
+    cfg = resolve_model_config(require_model_spec(spec, overrides), overrides)
     # sized on the meta device first: only the hard limit refuses here (an over-budget model is summarised)
     check_budget_before_building(lambda: build_model(cfg), MAX_PARAMS, allow_over=False, name=f"model ({cfg.family})")
     s = summarize(build_model(cfg), budget=args.budget, depth=args.depth)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from torch import nn
@@ -42,7 +43,8 @@ def summarize(model: nn.Module, budget: int = DEFAULT_BUDGET, depth: int = 3) ->
         model, input_size=(1, 3, 32, 32), verbose=0, device="cpu", depth=depth, mode="eval",
         col_names=("kernel_size", "output_size", "num_params", "mult_adds"), row_settings=("var_names",))
     model.train(was_training)
-    return ModelSummary(str(stats), count_parameters(model, trainable_only=False), count_parameters(model),
+    table = re.sub(r"\(Units\.(\w)\w*\)", r"(\1)", str(stats))  # torchinfo prints "(Units.MEGABYTES)" for millions
+    return ModelSummary(table, count_parameters(model, trainable_only=False), count_parameters(model),
                         int(stats.total_mult_adds), budget)
 
 

@@ -82,7 +82,8 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     if mine != theirs:
         key = (sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]])[0]
         raise UserError(f"train.init_from {where}: its model is not this run's (first difference: {key} "
-                        f"{theirs.get(key, 'missing')} vs {mine.get(key, 'missing')} here)")
+                        f"{theirs.get(key, 'missing')} vs {mine.get(key, 'missing')} here); train the same model, "
+                        "e.g. --config RUN/config.yaml --init-from RUN")
     model.load_state_dict(source.state_dict())
     return Path(where)
 
