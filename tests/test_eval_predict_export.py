@@ -293,6 +293,8 @@ def test_study_marks_shortened_variants_whichever_way_they_were_shortened(tmp_pa
         "plain": "shortened: epochs=3 of 100, train_subset=1000",
         "short": "shortened: epochs=3 of 4, train_subset=1000",
         "lr": "shortened: epochs=3 of 100, train_subset=1000"}
+    changed = "model changed by --set: channels=[8, 24]"  # the study's reported figures are for another net
+    assert notes("net", overrides=["model.channels=[8,24]"]) == {"plain": changed, "short": changed, "lr": changed}
     assert notes("lr-only", overrides=["optimizer.lr=0.2"]) == {"plain": None, "short": None, "lr": None}
 
 

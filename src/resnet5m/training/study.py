@@ -32,6 +32,7 @@ from resnet5m.training.config import (
     apply_overrides,
     config_to_yaml,
     deep_merge,
+    first_difference,
     load_config_file,
     shortening_note,
     validate_config,
@@ -91,6 +92,9 @@ def variant_configs(study: StudyConfig, study_file: Path, overrides: list[str]) 
         unmodified = validate_config(data, where=where)
         cfg = validate_config(apply_overrides(data, overrides), where=where)
         note = shortening_note(unmodified, cfg)
+        changed = first_difference(unmodified.model.model_dump(mode="json"), cfg.model.model_dump(mode="json"))
+        if changed:  # --set changed the network: the study's reported figures are not for this one
+            note = "; ".join(x for x in (note, f"model changed by --set: {changed[0]}={changed[2]}") if x)
         out[name] = cfg.model_copy(update={"shortened": note, "measured": None}) if note and not cfg.shortened \
             else cfg
     return out
