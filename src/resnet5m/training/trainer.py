@@ -395,7 +395,8 @@ class Trainer:
                 values = {"epoch": epoch + 1, "lr": self.optimizers[0].param_groups[0]["lr"], "val_loss": val_loss,
                           "val_acc": val_acc, **meter.row()}
                 row = {k: values[k] for k in rundir.METRIC_FIELDS}
-                improved = val_acc is not None and val_acc > s.best_val_acc
+                # an epoch whose validation loss is not finite (overflowing logits) is never the best model
+                improved = val_acc is not None and val_acc > s.best_val_acc and math.isfinite(val_loss)
                 if improved:
                     s.best_val_acc, s.best_epoch, s.epochs_since_best = val_acc, epoch, 0
                     self.save_weights(rundir.BEST, epoch, val_acc)
