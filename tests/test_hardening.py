@@ -828,3 +828,14 @@ def test_error_lines_show_control_characters_as_question_marks():
     from resnet5m.cli.main import one_line
 
     assert one_line("bad value a\x00b\x1b[31mred\u200b ±") == "bad value a?b?[31mred? ±"
+
+
+def test_a_setting_added_since_a_checkpoint_is_not_an_edit():
+    """A checkpoint's config fingerprint holds every key of its resnet5m version (unset ones as None); a key
+    added by a later version is not counted as an edit, so upgrading does not strand a stopped run."""
+    from resnet5m.training.config import first_difference
+
+    saved = {"train": {"epochs": 2.0, "ema": None}, "seed": 0}
+    assert first_difference(saved, {"train": {"epochs": 2.0, "ema": None, "new_knob": True}, "seed": 0}) is None
+    assert first_difference(saved, {"train": {"epochs": 2.0, "ema": {"decay": 0.9}}, "seed": 0}) == (
+        "train.ema", None, {"decay": 0.9})

@@ -392,9 +392,11 @@ def changed_since(saved: RunConfig | dict[str, Any], cfg: RunConfig) -> tuple[st
 
 
 def first_difference(saved: Any, now: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
-    """The first dotted key whose value differs between two config dumps, with both values (None if equal)."""
+    """The first dotted key whose value differs between two config dumps, with both values (None if equal).
+    A key ``saved`` lacks is a setting added to resnet5m since it was written (a dump holds every key of its
+    version, unset ones as None): not a difference, so an upgrade does not strand a run."""
     if isinstance(saved, dict) and isinstance(now, dict):
-        for k in [*saved, *(k for k in now if k not in saved)]:
+        for k in saved:
             found = first_difference(saved.get(k), now.get(k), f"{prefix}{k}.")
             if found:
                 return found
