@@ -223,6 +223,8 @@ BAD_SPACES = [
     ({"params": {"optimizer.lr": {"low": 0, "high": 0.1, "log": True}}}, "log needs low > 0"),
     ({"params": {"optimizer.lrr": {"low": 0.01, "high": 0.1}}}, "optimizer.lrr: unknown key"),
     ({"params": {"model.channels": {"choices": [[8, 16], [8, 16]]}}}, "choices repeat"),
+    ({"params": {"model.blocks": {"choices": [[1, 1, 1]]}}}, "the base model has 2 stages; to search another stage "
+                                                             "count, give `stages: {choices: [N, ...]}`"),
     ({"set": {}, "base": "fast"}, "val_size 0"),
     ({"base": "no-such-recipe"}, "unknown recipe"),
     ({"params": {"optimizer.lr": {"low": 0.01, "high": 0.1}, "data.val_size": {"choices": [100, 200]}}},
