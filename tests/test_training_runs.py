@@ -381,3 +381,23 @@ def test_init_from_starts_a_new_run_from_saved_weights(cifar, tmp_path, capsys, 
     shutil.rmtree(tmp_path / "a")  # the starting weights are gone: the resume does not need them
     assert main(["train", "--resume", str(tmp_path / "c"), "--no-progress"]) == 0
     assert [r["epoch"] for r in read_metrics(tmp_path / "c")] == [1, 2]
+
+
+def test_a_stopped_multi_seed_run_names_the_whole_run(monkeypatch, tmp_path):
+    """Ctrl-C in seed 1 of `--seeds 0,1,2`: the hint resumes the whole run (every seed and the summary), not
+    seed 1's folder alone."""
+    from resnet5m.training import run as run_mod
+    from resnet5m.training.checkpoint import TrainingInterrupted
+
+    def fake_run(cfg, data, seed_dir, **kw):
+        if cfg.seed == 1:
+            raise TrainingInterrupted(seed_dir, 2, 5)
+        return {}
+
+    monkeypatch.setattr(run_mod, "train_run", fake_run)
+    (tmp_path / "ms").mkdir()
+    with pytest.raises(TrainingInterrupted) as stop:
+        run_mod.train_seeds(build_config(None, ["data.train_subset=100"]), None, tmp_path / "ms", [0, 1, 2],
+                            out=lambda s: None, progress=False)
+    assert str(stop.value) == ("seed 1 interrupted at epoch 3, batch 5; checkpoint saved. Continue with: "
+                               f"resnet5m train --resume {tmp_path / 'ms'}")

@@ -102,4 +102,10 @@ class TrainingInterrupted(Exception):
     def __init__(self, run_dir: Path, epoch: int, batch: int) -> None:
         super().__init__(f"interrupted at epoch {epoch + 1}, batch {batch}; checkpoint saved. "
                          f"Continue with: resnet5m train --resume {run_dir}")
-        self.run_dir = run_dir
+        self.run_dir, self.epoch, self.batch = run_dir, epoch, batch
+
+    def of_seed(self, seed: int, run_dir: Path) -> TrainingInterrupted:
+        """The same stop, seen from a multi-seed run: resuming ``run_dir`` continues this seed, then the rest."""
+        out = TrainingInterrupted(run_dir, self.epoch, self.batch)
+        out.args = (f"seed {seed} " + out.args[0],)
+        return out

@@ -20,6 +20,7 @@ from resnet5m.io import rundir
 from resnet5m.models.budget import count_parameters
 from resnet5m.models.weights import load_trained_model
 from resnet5m.runtime.distributed import Dist, from_env
+from resnet5m.training.checkpoint import TrainingInterrupted
 from resnet5m.training.config import RunConfig, changed_since, config_to_yaml, load_config_file, validate_config
 from resnet5m.training.trainer import Printer, Trainer
 from resnet5m.util.stats import fmt_mean_std, summarize_seeds
@@ -150,8 +151,12 @@ def _train_seeds(cfg: RunConfig, data: Cifar10, run_dir: Path, seeds: list[int],
             raise UserError(f"{run_dir}: {key} is {str(new)[:40]} in its {rundir.CONFIG} but seed {seed} was "
                             f"trained with {str(old)[:40]}; a run's seeds share one config (a new config is a new "
                             "run)")
-    results = [train_run(seed_cfg, data, rundir.seed_dir(run_dir, seed), out=out, progress=progress)
-               for seed, seed_cfg in configs.items()]
+    results = []
+    for seed, seed_cfg in configs.items():
+        try:
+            results.append(train_run(seed_cfg, data, rundir.seed_dir(run_dir, seed), out=out, progress=progress))
+        except TrainingInterrupted as exc:  # the hint names the whole run: its --resume does every seed
+            raise exc.of_seed(seed, run_dir) from None
     summary = summarize_seeds(results)
     if d.is_main:
         rundir.write_summary(run_dir, summary)
