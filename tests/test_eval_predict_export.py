@@ -329,6 +329,15 @@ def test_report_picks_the_best_run_without_looking_at_the_test_set(tmp_path, run
     assert line in (out / "report.html").read_text()
 
 
+def test_report_notes_a_run_started_from_other_weights(tmp_path):
+    from resnet5m.reporting.report import build_report
+
+    plain, tuned = _fake_run(tmp_path / "plain", 0.5, 0.5), _fake_run(tmp_path / "tuned", 0.6, 0.6)
+    (tuned / "config.yaml").write_text(yaml.safe_dump({"train": {"init_from": "/runs/base"}}))
+    text = (build_report([plain, tuned], tmp_path / "rep") / "results.md").read_text()
+    assert "started from the weights of /runs/base" in text and text.count("started from the weights") == 1
+
+
 def test_report_errors(tmp_path):
     with pytest.raises(SystemExit):
         main(["report"])

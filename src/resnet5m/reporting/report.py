@@ -118,7 +118,9 @@ def table_rows(entries: list[Entry]) -> list[dict[str, str]]:
         if any((x.config.get("reported") or {}).get("test_acc") for x in entries):
             row["reported by the study: test acc (%)"] = " / ".join(f"{v * 100:.2f}" for v in reported) \
                 if reported else "-"
+        init = (e.config.get("train") or {}).get("init_from")  # fine-tuned: its epochs are not all it trained
         row["note"] = "; ".join(x for x in (e.config.get("shortened") or "",
+                                            f"started from the weights of {init}" if init else "",
                                             f"{len(e.unfinished)} seed(s) unfinished" if e.unfinished else "",
                                             f"TTA {r0['tta']}" if r0.get("tta", "none") != "none" else "") if x)
         rows.append(row)
