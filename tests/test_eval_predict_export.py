@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -190,6 +191,13 @@ def test_predict_and_evaluate_default_to_the_runs_own_tta(trained_run, cifar, tm
                        timeout=120)
     assert r.returncode == 0 and r.stderr == "resnet5m: warning: big.png: 40x40 resized to 32x32\n", r.stderr
     assert list(csv.reader((tmp_path / "one.csv").open()))[0] == ["ID", "Labels"]
+    run = tmp_path / "run"  # results.json says what the reported accuracy used (config.yaml may be edited since)
+    shutil.copytree(trained_run, run)
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "tta": "flip"}))
+    assert main(["predict", str(run), str(tmp_path / "x.npy"), "-o", str(tmp_path / "p2.csv")]) == 0
+    assert "(tta flip)" in capsys.readouterr().out
+    assert main(["predict", str(run), str(tmp_path / "x.npy"), "-o", ""]) == 2  # an empty name is not a default
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

@@ -275,3 +275,15 @@ def test_run_directory_status_is_the_one_resume_decision(tmp_path):
     assert rundir.status(run) == "resume"
     (run / rundir.RESULTS).write_text("{}")
     assert rundir.status(run) == "finished"
+
+
+def test_no_finite_validation_loss_selects_the_last_epoch(cifar, tmp_path, monkeypatch):
+    """Overflowing logits (inf validation loss every epoch): no epoch is 'best', so the last one is selected
+    and the run finishes (it is not left pointing at a best checkpoint that was never written)."""
+    from resnet5m.training.run import train_run
+
+    cfg, run = small(tmp_path, "inf", train__epochs=2)
+    real = Trainer.validate
+    monkeypatch.setattr(Trainer, "validate", lambda self: (math.inf, real(self)[1]))
+    results = train_run(cfg, cifar, run, out=lambda s: None, progress=False)
+    assert results["selected_epoch"] == 2 and (run / "best.safetensors").exists()

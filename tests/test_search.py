@@ -155,9 +155,10 @@ def test_final_alone_adds_no_trials(tiny_study, cifar, tmp_path):
     run_search(load_space(root / "tiny.yaml"), SearchOptions(trials=None, runs_dir=opts.runs_dir, threads=1,
                                                              final=True), data=poisoned(cifar), out=lines.append)
     assert len(load(setup.dir, "tiny").get_trials()) == before and f"{before} of {before} trials finished" in lines[0]
-    with pytest.raises(UserError, match="has no finished trials yet; run the search first"):
+    with pytest.raises(UserError, match="has no finished trials yet"):
         run_search(load_space(root / "tiny.yaml"), SearchOptions(trials=None, runs_dir=str(tmp_path), final=True),
                    data=poisoned(cifar), out=lambda line: None)
+    assert not any(tmp_path.iterdir())  # nothing created: the study is still free to be set up
 
 
 def test_final_is_the_only_test_evaluation(tiny_study, cifar):
@@ -223,8 +224,9 @@ BAD_SPACES = [
     ({"params": {"optimizer.lr": {"low": 0, "high": 0.1, "log": True}}}, "log needs low > 0"),
     ({"params": {"optimizer.lrr": {"low": 0.01, "high": 0.1}}}, "optimizer.lrr: unknown key"),
     ({"params": {"model.channels": {"choices": [[8, 16], [8, 16]]}}}, "choices repeat"),
-    ({"params": {"model.blocks": {"choices": [[1, 1, 1]]}}}, "the base model has 2 stages; to search another stage "
-                                                             "count, give `stages: {choices: [N, ...]}`"),
+    ({"params": {"model.blocks": {"choices": [[1, 1], [1, 1, 1]]}}}, "model.blocks has choices of [2, 3] stages but "
+                                                                     "the base model has 2; to search another stage "
+                                                                     "count, give `stages: {choices: [N, ...]}`"),
     ({"set": {}, "base": "fast"}, "val_size 0"),
     ({"base": "no-such-recipe"}, "unknown recipe"),
     ({"params": {"optimizer.lr": {"low": 0.01, "high": 0.1}, "data.val_size": {"choices": [100, 200]}}},

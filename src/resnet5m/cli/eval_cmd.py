@@ -75,10 +75,17 @@ def _inference_model(path: str, device: torch.device) -> tuple[torch.nn.Module, 
 
 
 def run_tta(info: dict) -> str:
-    """The test-time augmentation a run reported its test accuracy with (``eval.tta``): recorded in its weights,
-    else in the ``config.yaml`` beside them (older runs); ``none`` if neither says."""
-    tta = info.get("tta")
-    cfg = Path(info["weights_path"]).parent / rundir.CONFIG
+    """The test-time augmentation a run reported its test accuracy with: its ``results.json``'s, else the one
+    recorded in its weights (``eval.tta``), else the ``config.yaml``'s beside them (older runs); else none."""
+    folder = Path(info["weights_path"]).parent
+    tta = None
+    if (folder / rundir.RESULTS).is_file():  # what the run's test accuracy was measured with (config.yaml's
+        try:  # eval may be edited before a resume)
+            tta = rundir.read_results(folder).get("tta")
+        except (UserError, AttributeError):
+            tta = None
+    tta = tta if tta in TTA_MODES else info.get("tta")
+    cfg = folder / rundir.CONFIG
     if tta not in TTA_MODES and cfg.is_file():
         try:
             tta = (read_yaml(cfg).get("eval") or {}).get("tta")  # a run's config.yaml is fully resolved
@@ -117,7 +124,8 @@ def run_predict(args: argparse.Namespace) -> int:
     is_image = Path(args.input).is_file() and Path(args.input).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp",
                                                                                  ".gif", ".webp")
     out = None if is_image and args.output is None else check_output_file(
-        args.output or "predictions.csv", inputs=(args.input, resolve_weights_path(args.model)))
+        "predictions.csv" if args.output is None else args.output,
+        inputs=(args.input, resolve_weights_path(args.model)))
     model, info = _inference_model(args.model, device)
     tta = args.tta or run_tta(info)
     logits = predict_logits(model, inputs.images, batch_size=args.batch_size, tta=tta, device=device)

@@ -7,11 +7,13 @@ import os
 import sys
 import typing
 import warnings
+from pathlib import Path
 
 from resnet5m import __version__
 from resnet5m.errors import UserError
 
 _python_format_warning = warnings.formatwarning
+_PACKAGE = Path(__file__).resolve().parents[1]  # src/resnet5m: where resnet5m's own warnings come from
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -42,7 +44,7 @@ def _command_modules() -> list:
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 (warnings' API)
     """resnet5m's own warnings (e.g. an image resized to 32x32) as one line; others as Python shows them."""
-    if "resnet5m" in str(filename):
+    if _PACKAGE in Path(str(filename)).resolve().parents:
         return f"resnet5m: warning: {one_line(str(message))}\n"
     return _python_format_warning(message, category, filename, lineno, line)
 

@@ -333,10 +333,11 @@ def best_recipe(study_dir: Path, best: dict[str, Any], meta: dict[str, Any]) -> 
     data = cfg.get("data") or {}
     subset = data.get("train_subset")
     whole = "--val-size 0" + (" --set data.train_subset=null" if subset else "")
+    epochs = (cfg.get("train") or {}).get("epochs")
     head = (f"# resnet5m search {meta.get('name')}: the best trial ({best['number']}) as a recipe, as trained in "
-            f"the search ({cfg.get('train', {}).get('epochs')} epochs, "
-            f"{f'{subset:,} training images' if subset else 'all training images'} less "
-            f"{data.get('val_size', 0):,} for validation).\n"
+            f"the search ({f'{epochs:g}' if isinstance(epochs, (int, float)) else epochs} epochs on "
+            f"{f'{subset:,}' if subset else 'all the'} training images, "
+            f"{data.get('val_size', 0):,} more held out for validation).\n"
             f"# Train it: resnet5m train --config best.yaml; on all 50,000 images: add {whole} (and --epochs N for "
             f"the full length); or resnet5m search ... --final, which does so and tests once per seed\n")
     return head + yaml.safe_dump(cfg, sort_keys=False)

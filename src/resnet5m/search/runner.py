@@ -120,6 +120,9 @@ def setup_study(space: Space, opts: SearchOptions, out: Printer = print) -> Stud
     """Create (or check and reuse) the study folder and ``search.json``; nothing is trained yet."""
     name = study_name(space, opts.study)
     study_dir = Path(opts.runs_dir) / name
+    if opts.trials is None and not (study_dir / SEARCH_FILE).is_file():  # --final alone: nothing to retrain
+        raise UserError(f"study {name} has no finished trials yet (no {study_dir / SEARCH_FILE}); run the search "
+                        "first (--trials N)")
     try:
         objectives = check_objectives(opts.objectives or list(space.spec.objectives))
     except ValueError as exc:

@@ -40,6 +40,7 @@ DIRECTIONS = {"val_acc": "maximize", "params": "minimize", "train_s": "minimize"
 PRUNERS = ("median", "hyperband", "none")
 STAGE_KEYS = ("blocks", "channels", "kernels", "skip_kernels", "strides")  # per-stage model lists
 STAGES = "stages"  # the search-only parameter N
+PER_STAGE_KEYS = ("model.blocks", "model.channels", "model.kernels", "model.skip_kernels", "model.strides")
 
 
 class ParamSpec(StrictModel):
@@ -216,6 +217,13 @@ def _check_space(space: Space) -> None:
         if model.get("family") != "resnet":
             raise UserError(f"{where}: stages and per_stage params apply to resnet models, not {model.get('family')}")
     n = first_stages(space)
+    for key, spec in space.params.items():  # a per-stage list of another length needs `stages:` (every choice)
+        lengths = {len(c) for c in spec.choices or [] if isinstance(c, list)} if key in PER_STAGE_KEYS else set()
+        if space.spec.stages is None and not spec.per_stage and lengths - {n}:
+            raise UserError(f"{where}: params: {key} has choices of {sorted(lengths)} stages but the base model has "
+                            f"{n}; to search another stage count, give `stages: {{choices: [N, ...]}}`: lists the "
+                            "space does not sample are then cut or extended to N, and per_stage params sample N "
+                            "values")
     for key, spec in space.params.items():  # each key alone, at its first value: unknown keys fail here
         value = [spec.first()] * n if spec.per_stage else spec.first()
         data = config_dict(space, {key: value}, n if space.spec.stages is not None else None)

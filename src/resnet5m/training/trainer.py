@@ -417,7 +417,10 @@ class Trainer:
                     on_epoch(row)
                 if stop and not last_epoch:
                     raise TrainingInterrupted(self.run_dir, s.epoch, 0)
-        if len(self.splits.val_y) == 0:  # no validation: the last epoch is the selected model
+        if len(self.splits.val_y) == 0 or s.best_epoch < 0:  # no validation (or no epoch with a finite
+            # validation loss): the last epoch is the selected model
+            if len(self.splits.val_y):
+                self.out("no epoch had a finite validation loss; the last epoch is the selected model")
             self.save_weights(rundir.BEST, s.epoch - 1, None)
             s.best_epoch = s.epoch - 1
         return s
