@@ -107,7 +107,7 @@ def test_best_config_and_report(tiny_study):
     cfg = build_config(str(setup.dir / "best.yaml"))
     assert cfg.model.channels == json.loads(best.params["model.channels"])
     assert cfg.optimizer.lr == best.params["optimizer.lr"]
-    assert cfg.data.val_size == 500 and cfg.name is None and cfg.threads is None
+    assert cfg.data.val_size == 500 and cfg.name is None and cfg.threads is None and cfg.shortened is None
     assert f"best trial {best.number} " in cfg.description
     for f in ("trials.csv", "trials.md", "report.html", "trials.json", "plots/pareto.png", "plots/history.png",
               "plots/curves.png", "search.json", "space.yaml"):

@@ -327,6 +327,8 @@ def best_recipe(study_dir: Path, best: dict[str, Any], meta: dict[str, Any]) -> 
         cfg.pop(key, None)
     cfg["name"] = None
     cfg["threads"] = None
+    cfg.pop("shortened", None)  # relative to the space's base: best.yaml is a recipe of its own (its header says
+    # how it was trained), and a run of it on all 50,000 images must not carry the trial's note
     cfg["description"] = (f"best trial {best['number']} of search {meta.get('name')}: validation accuracy "
                           f"{best['val_acc'] * 100:.2f}% on data.val_size={cfg.get('data', {}).get('val_size')}, "
                           f"{best['params_count']:,} trainable parameters")
