@@ -70,6 +70,13 @@ def read_weights_file(path: str | os.PathLike[str]) -> tuple[Path, dict[str, tup
     return p, shapes, meta
 
 
+def first_shape_difference(a: dict[str, tuple[int, ...]], b: dict[str, tuple[int, ...]]) -> str | None:
+    """The first tensor name one state dict has and the other lacks, else the first whose shapes differ."""
+    if a == b:
+        return None
+    return (sorted(set(a) ^ set(b)) or [k for k in a if a[k] != b[k]])[0]
+
+
 def load_weights_into(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Copy a weights file's (or run directory's best, else last) tensors into ``model``: a run's starting
     point (``train.init_from``). The file passes :func:`load_trained_model`'s checks; its tensor names and
@@ -79,8 +86,8 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     where = info["weights_path"]
     mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in source.state_dict().items()}
-    if mine != theirs:
-        key = (sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]])[0]
+    key = first_shape_difference(mine, theirs)
+    if key is not None:
         raise UserError(f"train.init_from {where}: its model is not this run's (first difference: {key} "
                         f"{theirs.get(key, 'missing')} vs {mine.get(key, 'missing')} here); train the same model, "
                         "e.g. --config RUN/config.yaml --init-from RUN")
@@ -112,9 +119,9 @@ def load_trained_model(path: str | os.PathLike[str], device: torch.device | str 
         raise UserError(f"{p}: describes a model of {n:,} trainable parameters, over the limit of {limit:,} "
                         f"({'the hard limit' if limit == MAX_PARAMS else 'its run budget'}); refused")
     expected = {k: tuple(v.shape) for k, v in described.state_dict().items()}
-    if expected != shapes:
-        wrong = sorted(set(expected) ^ set(shapes)) or [k for k in expected if expected[k] != shapes[k]]
-        raise UserError(f"{p}: weights do not match the stored model config (first difference: {wrong[0]})")
+    wrong = first_shape_difference(expected, shapes)
+    if wrong is not None:
+        raise UserError(f"{p}: weights do not match the stored model config (first difference: {wrong})")
     with safe_open(str(p), framework="pt") as fh:
         state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not a dict
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)

@@ -227,14 +227,7 @@ def _check_space(space: Space) -> None:
     for key, spec in space.params.items():  # each key alone, at its first value: unknown keys fail here
         value = [spec.first()] * n if spec.per_stage else spec.first()
         data = config_dict(space, {key: value}, n if space.spec.stages is not None else None)
-        try:
-            validate_config(data, where=f"{where}: params: {key}={short_repr(value)}")
-        except UserError as exc:
-            if space.spec.stages is None and "entries but blocks has" in str(exc):
-                raise UserError(f"{exc} (the base model has {n} stages; to search another stage count, give "
-                                "`stages: {choices: [N, ...]}`: lists the space does not sample are then cut or "
-                                "extended to N, and per_stage params sample N values)") from None
-            raise
+        validate_config(data, where=f"{where}: params: {key}={short_repr(value)}")
 
 
 # --- from sampled values to a run config -------------------------------------------------------------
